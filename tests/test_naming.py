@@ -4,7 +4,17 @@ import pytest
 
 from transforms import naming
 
-NAMES = ["App Launched", "Level-Up/Bonus", "50% Off", "購入完了", "a#b[c]*?\\d", "Rated 5★", "x\x85y", "-", "%%"]
+NAMES = [
+    "App Launched",
+    "Level-Up/Bonus",
+    "50% Off",
+    "購入完了",
+    "a#b[c]*?\\d",
+    "Rated 5★",
+    "x\x85y",
+    "-",
+    "%%",
+]
 
 
 @pytest.mark.parametrize("event", NAMES)

@@ -15,7 +15,12 @@ def checker(export_type="events", window=None, events=None, zone="UTC", budget=9
 
 
 def event(**kw):
-    rec = {"eventName": "Charged", "ts": DAY + 3600, "profile": {"identity": "u1"}, "eventProps": {"Amount": 9.5}}
+    rec = {
+        "eventName": "Charged",
+        "ts": DAY + 3600,
+        "profile": {"identity": "u1"},
+        "eventProps": {"Amount": 9.5},
+    }
     rec.update(kw)
     return {k: v for k, v in rec.items() if v is not ...}
 
@@ -32,7 +37,12 @@ def test_good_event_renders_data_line_in_field_order():
     assert good.key == ("Charged", "20261127")
     assert good.ts == DAY + 3600
     assert good.line == orjson.dumps(
-        {"profile": {"identity": "u1"}, "ts": 20261127010000, "deviceInfo": {"os": "iOS"}, "eventProps": {"Amount": 9.5}}
+        {
+            "profile": {"identity": "u1"},
+            "ts": 20261127010000,
+            "deviceInfo": {"os": "iOS"},
+            "eventProps": {"Amount": 9.5},
+        }
     )
 
 
@@ -50,8 +60,14 @@ def test_timezone_moves_date_and_ts():
         (b'{"eventName": "x\xff", "ts": 1795737600}', r.INVALID_UTF8),
         (b'{"eventName": "x", "ts": NaN}', r.UNPARSEABLE),
         (b'{"eventName": "x", "ts": 1795737600, "eventProps": {"a": Infinity}}', r.UNPARSEABLE),
-        (b'{"eventName": "x", "ts": 1795737600, "eventProps": {"a": 99999999999999999999}}', r.INTEGER_OVERFLOW),
-        (b'{"eventName": "x", "ts": 1795737600, "eventProps": {"a": -9223372036854775809}}', r.INTEGER_OVERFLOW),
+        (
+            b'{"eventName": "x", "ts": 1795737600, "eventProps": {"a": 99999999999999999999}}',
+            r.INTEGER_OVERFLOW,
+        ),
+        (
+            b'{"eventName": "x", "ts": 1795737600, "eventProps": {"a": -9223372036854775809}}',
+            r.INTEGER_OVERFLOW,
+        ),
     ],
 )
 def test_decode_errors(raw, reason):
@@ -61,7 +77,10 @@ def test_decode_errors(raw, reason):
 
 
 def test_big_numbers_that_are_fine():
-    assert r.decode_json(b'{"a": 9223372036854775807, "b": "99999999999999999999", "c": 1e300}')["a"] == 2**63 - 1
+    assert (
+        r.decode_json(b'{"a": 9223372036854775807, "b": "99999999999999999999", "c": 1e300}')["a"]
+        == 2**63 - 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,7 +143,9 @@ def test_window_is_half_open():
 
 def test_profiles():
     c = checker("profiles", window=Window(None, None, None))
-    good = c.check({"objectId": "o1", "updatedAt": DAY, "createdAt": DAY - 86400, "identity": 42, "profileProps": {}})
+    good = c.check(
+        {"objectId": "o1", "updatedAt": DAY, "createdAt": DAY - 86400, "identity": 42, "profileProps": {}}
+    )
     assert good.key == ("profiles", "20261128")
     assert good.object_id == "o1" and good.created == DAY - 86400
     assert orjson.loads(good.line) == {

@@ -19,15 +19,23 @@ def test_parse_time_forms():
 
 def test_recurring_default_floors_after_settling():
     now = windows.parse_time("20261128041400")  # 04:14, settle 15 min -> 03:59 -> floor 4h -> 00:00
-    assert windows.format_run_timestamp(windows.default_run_timestamp("recurring", 4, 15, now)) == "20261128000000"
+    assert (
+        windows.format_run_timestamp(windows.default_run_timestamp("recurring", 4, 15, now))
+        == "20261128000000"
+    )
     now = windows.parse_time("20261128041500")
-    assert windows.format_run_timestamp(windows.default_run_timestamp("recurring", 4, 15, now)) == "20261128040000"
+    assert (
+        windows.format_run_timestamp(windows.default_run_timestamp("recurring", 4, 15, now))
+        == "20261128040000"
+    )
     assert windows.default_run_timestamp("once", None, 15, now + 0.7) == now
 
 
 def test_recurring_windows_tile_a_day():
     day = windows.parse_time("20261127")
-    ws = [windows.export_window("events", "recurring", day + h * 3600, None, None, 4) for h in range(4, 28, 4)]
+    ws = [
+        windows.export_window("events", "recurring", day + h * 3600, None, None, 4) for h in range(4, 28, 4)
+    ]
     assert ws[0].start == day and ws[-1].end == day + 86400
     assert all(a.end == b.start for a, b in zip(ws, ws[1:], strict=False))
     assert all(w.field == "capturedAt" for w in ws)
@@ -35,7 +43,9 @@ def test_recurring_windows_tile_a_day():
     assert windows.export_window("profiles", "once", day, None, None, None).field is None
 
 
-@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "America/New_York", "Australia/Lord_Howe", "Europe/Berlin"])
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Asia/Kolkata", "America/New_York", "Australia/Lord_Howe", "Europe/Berlin"]
+)
 def test_local_time_matches_zoneinfo(zone):
     lt = windows.LocalTime(zone)
     tz = ZoneInfo(zone)

@@ -20,7 +20,6 @@ from transforms.windows import MAX_TS, LocalTime, Window
 EVENT_OBJECTS = ("profile", "deviceInfo", "eventProps")
 PROFILE_SCALARS = ("name", "email", "phone", "gender", "dob", "platform")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
-_LONG_DIGITS = re.compile(rb"\d{19}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 # Reasons a record is bad; the manifest counts bad records by these.
@@ -70,22 +69,44 @@ def _check_int64(value: Any) -> int:
     return v
 
 
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_NINETEEN = b"0" * 19
+
+
+def long_digit_runs(data: bytes) -> list[int]:
+    """Offsets in `data` where a run of 19 or more digits starts (a run of n digits may be listed more than
+    once). One pass at memory speed over a whole block: only records there can hold an integer beyond 64 bits.
+    """
+    zeros = data.translate(_DIGITS_TO_ZERO)
+    found = []
+    i = zeros.find(_NINETEEN)
+    while i >= 0:
+        found.append(i)
+        i = zeros.find(_NINETEEN, i + 19)
+    return found
+
+
 def check_json_integers(raw: bytes | str) -> None:
     """orjson turns integers beyond 64 bits into floats without a word; the raw text tells them apart.
 
     Only text holding a run of 19 digits can hold such an integer, so the slow exact parse runs rarely.
     """
     data = raw.encode("utf-8") if isinstance(raw, str) else raw
-    if _LONG_DIGITS.search(data) is None:
+    if _NINETEEN not in data.translate(_DIGITS_TO_ZERO):
         return
     try:
         json.loads(data, parse_int=_check_int64)
     except OverflowError as e:
-        raise BadRecord(INTEGER_OVERFLOW, f"integer {e.args[0][:40]} is outside the signed 64-bit range") from None
+        raise BadRecord(
+            INTEGER_OVERFLOW, f"integer {e.args[0][:40]} is outside the signed 64-bit range"
+        ) from None
 
 
-def decode_json(raw: bytes) -> Any:
-    """orjson with the contract's errors: invalid UTF-8, unparseable, NaN/Infinity, 64-bit overflow."""
+def decode_json(raw: bytes, long_digits: bool = True) -> Any:
+    """orjson with the contract's errors: invalid UTF-8, unparseable, NaN/Infinity, 64-bit overflow.
+
+    long_digits False: the caller knows `raw` holds no run of 19 digits (see `long_digit_runs`).
+    """
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -95,7 +116,8 @@ def decode_json(raw: bytes) -> Any:
         if "infinity" in msg.lower() or "nan" in msg.lower():
             raise BadRecord(UNPARSEABLE, "NaN and Infinity are not JSON numbers") from None
         raise BadRecord(UNPARSEABLE, f"not valid JSON ({msg})") from None
-    check_json_integers(raw)
+    if long_digits:
+        check_json_integers(raw)
     return obj
 
 
@@ -182,7 +204,12 @@ class RecordChecker:
         except BadRecord as e:
             if placement is not None and self.window.field is not None and not self.window.holds(placement):
                 return False
-            if self.events is not None and type(name) is str and name not in self.events and self._name_valid(name):
+            if (
+                self.events is not None
+                and type(name) is str
+                and name not in self.events
+                and self._name_valid(name)
+            ):
                 return False
             e.placement = placement
             raise
@@ -270,7 +297,9 @@ class RecordChecker:
             v = rec.get(field)
             if v is not None:
                 if type(v) not in (str, int, float, bool):
-                    raise BadRecord(WRONG_TYPE, f"{field} must be a string or a number, not {type(v).__name__}")
+                    raise BadRecord(
+                        WRONG_TYPE, f"{field} must be a string or a number, not {type(v).__name__}"
+                    )
                 line[field] = v
         if created is not None:
             line["createdAt"] = self.local.stamp(created)
@@ -281,4 +310,3 @@ class RecordChecker:
                 raise BadRecord(WRONG_TYPE, f"profileProps must be an object, not {type(props).__name__}")
             line["profileProps"] = props
         return Good((PROFILES_NAME, self.run_date), updated, created, orjson.dumps(line), oid)
-

@@ -123,7 +123,9 @@ class LocalTime:
 
     def stamp(self, ts: int) -> int:
         t = self._tm(ts)
-        return ((((t.tm_year * 100 + t.tm_mon) * 100 + t.tm_mday) * 100 + t.tm_hour) * 100 + t.tm_min) * 100 + t.tm_sec
+        return (
+            (((t.tm_year * 100 + t.tm_mon) * 100 + t.tm_mday) * 100 + t.tm_hour) * 100 + t.tm_min
+        ) * 100 + t.tm_sec
 
     def stamp_and_date(self, ts: int) -> tuple[int, str]:
         t = self._tm(ts)

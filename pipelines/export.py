@@ -1,0 +1,184 @@
+"""The export job: `python -m pipelines.export --flag value ...` with the flags of SPEC section 2.
+
+Exit status: 0 done, 1 the run failed, 2 the request was invalid (nothing read, nothing written).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import apache_beam as beam
+import orjson
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.options import InvalidRequest, Request, unknown_flags, validate
+from transforms import naming, storage
+from transforms.finalize import RUN_FAILED, Finalize
+from transforms.series import ExtractSeries
+from transforms.sources import RANGE_BYTES, plan_reads
+from transforms.write import WriteSeries
+
+log = logging.getLogger("ctexport")
+
+
+def build_pipeline(
+    p: beam.Pipeline, request: Request, files: list[storage.SourceFile], range_bytes: int = RANGE_BYTES
+):
+    """Add the export to `p`; returns the PCollection holding the run's manifest (one dict)."""
+    tasks = plan_reads(files, request.source_format, range_bytes)
+    file_order = {f.url: i for i, f in enumerate(files)}
+    budget = naming.event_name_budget(
+        request.request_id,
+        request.database_id,
+        request.ext,
+        storage.open_storage(request.output).name_budget(),
+    )
+    parsed = (
+        p
+        | "ReadTasks" >> beam.Create(list(range(len(tasks))))
+        | "SpreadTasks" >> beam.Reshuffle()
+        | "ExtractSeries" >> ExtractSeries(request, tasks, file_order, budget)
+    )
+    written = (
+        parsed.series
+        | "GroupBySeries" >> beam.GroupByKey()
+        | "WriteSeries" >> WriteSeries(request, tasks, file_order)
+    )
+    dead = (parsed.dead_letters, written.dead_letters) | "AllDeadLetters" >> beam.Flatten()
+    stats = (parsed.stats, written.stats) | "AllStats" >> beam.Flatten()
+    sources = [{"file": f.url, "bytes": f.size} for f in files]
+    return (written.files, dead, stats) | "Finalize" >> Finalize(request, sources)
+
+
+def make_runner(options: PipelineOptions):
+    """The runner to use. For the DirectRunner, Beam's in-process FnApiRunner straight away: Beam 2.77's
+    DirectRunner first tries Prism, which downloads a binary (and fails offline) before falling back to it.
+    Multi-process running (--direct_num_workers N --direct_running_mode multi_processing) is the FnApiRunner's.
+    """
+    std = options.view_as(StandardOptions)
+    if std.runner not in (None, "DirectRunner", "direct"):
+        return None  # Beam resolves it from --runner
+    std.runner = "DirectRunner"
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=info)
+
+
+def summary(manifest: dict, seconds: float) -> str:
+    t = manifest["totals"]
+    lines = [
+        f"Done: request {manifest['request_id']} run {manifest['run_timestamp']} "
+        f"({manifest['window'] and _window_text(manifest['window'])})",
+        f"  records read {t['records_read']:,}; exported {t['exported']:,}; bad {t['bad']:,}"
+        + (f" ({t['unplaced']:,} unplaced)" if t["unplaced"] else "")
+        + f"; outside this export {t['out_of_scope']:,}"
+        + (
+            f"; older profile versions {t['superseded_profile_versions']:,}"
+            if t["superseded_profile_versions"]
+            else ""
+        ),
+        f"  files {t['files']:,}, {t['bytes']:,} bytes, in {seconds:.1f} s",
+    ]
+    per = manifest["records_per_event_and_date"]
+    if per:
+        lines.append("  records per event and date:")
+        for event, days in per.items():
+            lines.append(f"    {event}: " + ", ".join(f"{d} {n:,}" for d, n in days.items()))
+    if manifest["bad_records_by_reason"]:
+        lines.append(
+            "  bad records by reason: "
+            + ", ".join(f"{k} {v:,}" for k, v in manifest["bad_records_by_reason"].items())
+        )
+    if manifest["xml_replaced_chars"]:
+        lines.append(f"  XML-forbidden characters replaced: {manifest['xml_replaced_chars']:,}")
+    return "\n".join(lines)
+
+
+def _window_text(w: dict) -> str:
+    return "all records" if w["field"] is None else f"{w['field']} in [{w['start']}, {w['end']})"
+
+
+def run(argv: list[str] | None = None, now: float | None = None) -> int:
+    """Validate, build, run, report. Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    options = PipelineOptions(argv)
+    try:
+        unknown = unknown_flags(argv)
+        if unknown:
+            raise InvalidRequest(
+                [f"unknown flag {u}: see `python -m pipelines.export --help`" for u in unknown]
+            )
+        request, files = validate(options, now=now)
+    except InvalidRequest as e:
+        for problem in e.problems:
+            print(f"invalid request: {problem}", file=sys.stderr)
+        return 2
+    total = sum(f.size for f in files)
+    log.info(
+        "export %s run %s: %s %s, %s, %d source files (%s bytes) -> %s",
+        request.request_id,
+        request.run_ts,
+        request.frequency,
+        request.export_type,
+        request.window.describe(),
+        len(files),
+        f"{total:,}",
+        storage.open_storage(request.output).display(""),
+    )
+    started = time.monotonic()
+    store = storage.open_storage(request.output)
+    try:
+        p = beam.Pipeline(runner=make_runner(options), options=options)
+        build_pipeline(p, request, files)
+        result = p.run()
+        result.wait_until_finish()
+        state = getattr(result, "state", None)
+        if state is not None and str(state) not in ("DONE", "PipelineState.DONE"):
+            print(f"run failed: the pipeline ended {state}", file=sys.stderr)
+            return 1
+    except Exception as e:  # the runner wraps worker errors; show the cause, not a trace
+        message = str(e)
+        if RUN_FAILED in message:
+            message = message[message.index(RUN_FAILED) :].split("\n")[0]
+        else:
+            message = f"{type(e).__name__}: {message.splitlines()[0] if message else ''}"
+            log.debug("run failed", exc_info=True)
+        print(f"run failed: {message}", file=sys.stderr)
+        return 1
+    if options.view_as(StandardOptions).runner not in ("DirectRunner", None) and not store.exists(
+        naming.manifest_name(request.request_id, request.run_ts)
+    ):
+        print("submitted; the manifest appears when the run is done", file=sys.stderr)
+        return 0
+    manifest = orjson.loads(store.read_bytes(naming.manifest_name(request.request_id, request.run_ts)))
+    print(summary(manifest, time.monotonic() - started))
+    return 0
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
+    handler_present = any(getattr(h, "_ctexport", False) for h in log.handlers)
+    if not handler_present:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("ctexport: %(message)s"))
+        h._ctexport = True
+        log.addHandler(h)
+        log.propagate = False
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

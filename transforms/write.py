@@ -1,0 +1,394 @@
+"""Write one series: sort it, cut it into files of at most max_file_bytes as stored, upload them.
+
+Files are rolled by our own writer (DESIGN.md: `fileio.WriteToFiles` cannot roll at a byte limit nor produce
+the contract's names). Every decision depends only on the sorted series, so a retried bundle or a re-run writes
+the same objects under the same names, byte for byte.
+
+Rolling rule, for the README: records are taken in series order and a file is closed before the record that
+would take it past the limit. For gzip the stored size is known only after compression, so the writer keeps an
+upper bound (bytes already compressed plus zlib's worst case for what is pending) and flushes the compressor to
+learn the exact size when the bound says the record might not fit. Parquet files are written with a row count
+estimated from the series' bytes per row and rewritten with fewer rows in the rare case they come out too large.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from transforms import naming
+from transforms.formats.base import EVENTS, PROFILES, Item, SeriesContext
+from transforms.records import TOO_LARGE
+from transforms.series import DEAD_LETTERS, NAMESPACE, STATS, DeadLetter, source_record, unpack
+from transforms.storage import crc32c_b64, open_storage
+
+log = logging.getLogger("ctexport")
+
+GZIP_LEVEL = 6
+_FEED_BYTES = 1 << 18
+PARQUET_GROUP_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A finished file in the spool: its records are series[first:first + count]."""
+
+    path: str
+    size: int
+    first: int
+    count: int
+    xml_replaced: int
+
+
+def _deflate_bound(n: int) -> int:
+    # zlib's compressBound, plus room for the gzip trailer, a sync-flush marker and the final block.
+    return n + (n >> 12) + (n >> 14) + (n >> 25) + 64
+
+
+class _TextFile:
+    """One output file being filled: plain or gzip, with an exact size or a safe upper bound."""
+
+    def __init__(self, path: str, header: bytes, gzip: bool):
+        self.path = path
+        self._f = open(path, "wb")
+        self._gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzip else None
+        self._buf: list[bytes] = []
+        self._buf_len = 0
+        self._emitted = 0  # bytes written to the file
+        self._pending = 0  # gzip: bytes fed to the compressor since its last flush
+        self.count = 0
+        self._append(header)
+
+    def _append(self, data: bytes) -> None:
+        self._buf.append(data)
+        self._buf_len += len(data)
+        if self._buf_len >= _FEED_BYTES:
+            self._drain()
+
+    def _drain(self) -> None:
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        self._buf.clear()
+        self._buf_len = 0
+        if self._gz is None:
+            self._f.write(data)
+            self._emitted += len(data)
+        else:
+            out = self._gz.compress(data)
+            self._f.write(out)
+            self._emitted += len(out)
+            self._pending += len(data)
+
+    def bound_with(self, extra: int) -> int:
+        """An upper bound of the stored size if `extra` more uncompressed bytes were added and it closed."""
+        if self._gz is None:
+            return self._emitted + self._buf_len + extra
+        return self._emitted + _deflate_bound(self._pending + self._buf_len + extra)
+
+    def settle(self) -> bool:
+        """Flush the compressor so the bound becomes tight; False when there was nothing to gain."""
+        if self._gz is None or (self._pending == 0 and self._buf_len == 0):
+            return False
+        self._drain()
+        out = self._gz.flush(zlib.Z_SYNC_FLUSH)
+        self._f.write(out)
+        self._emitted += len(out)
+        self._pending = 0
+        return True
+
+    def add(self, data: bytes) -> None:
+        self._append(data)
+        self.count += 1
+
+    def close(self, footer: bytes) -> int:
+        self._append(footer)
+        self._drain()
+        if self._gz is not None:
+            out = self._gz.flush(zlib.Z_FINISH)
+            self._f.write(out)
+            self._emitted += len(out)
+        self._f.close()
+        return self._emitted
+
+    def discard(self) -> None:
+        self._f.close()
+        os.unlink(self.path)
+
+
+def _single_size(header: bytes, data: bytes, footer: bytes, gzip: bool) -> int:
+    raw = header + data + footer
+    if not gzip:
+        return len(raw)
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    return len(c.compress(raw) + c.flush())
+
+
+def roll_text(
+    items: Sequence[Item], encoder, gzip: bool, max_bytes: int, spool: str
+) -> Iterator[Chunk | int]:
+    """Yield the series' files as `Chunk`s, and the index of each record too large for any file alone."""
+    header, footer = encoder.header(), encoder.footer()
+    cur: _TextFile | None = None
+    first = 0
+    replaced_at_open = 0
+    n_files = 0
+    for i, item in enumerate(items):
+        before = encoder.replaced_chars
+        data = encoder.encode(item)
+        size = len(data) + len(footer)
+        if (
+            cur is not None
+            and cur.bound_with(size) > max_bytes
+            and not (cur.settle() and cur.bound_with(size) <= max_bytes)
+        ):
+            yield Chunk(cur.path, cur.close(footer), first, cur.count, before - replaced_at_open)
+            cur = None
+        if cur is None:
+            if len(header) + size > max_bytes and _single_size(header, data, footer, gzip) > max_bytes:
+                encoder.replaced_chars = before
+                yield i
+                continue
+            cur = _TextFile(os.path.join(spool, f"{n_files}.part"), header, gzip)
+            n_files += 1
+            first = i
+            replaced_at_open = before
+            if cur.bound_with(size) > max_bytes:
+                # Fits only by the exact size, not by the bound: a file of its own.
+                cur.add(data)
+                yield Chunk(cur.path, cur.close(footer), first, 1, encoder.replaced_chars - replaced_at_open)
+                cur = None
+                continue
+        cur.add(data)
+    if cur is not None:
+        yield Chunk(cur.path, cur.close(footer), first, cur.count, encoder.replaced_chars - replaced_at_open)
+
+
+def roll_parquet(
+    items: Sequence[Item], ctx: SeriesContext, compression: str, max_bytes: int, spool: str
+) -> Iterator[Chunk | int]:
+    """Parquet files of at most max_bytes: rows per file estimated from bytes per row, checked after writing."""
+    import pyarrow.parquet as pq
+
+    from transforms.formats.parquet import series_schema, to_table
+
+    schema = series_schema(ctx, items)
+    codec = None if compression == "none" else compression
+
+    def write(path: str, lo: int, hi: int) -> int:
+        with pq.ParquetWriter(path, schema, compression=codec or "none", write_statistics=True) as w:
+            for s in range(lo, hi, PARQUET_GROUP_ROWS):
+                w.write_table(to_table(ctx, schema, items[s : min(s + PARQUET_GROUP_ROWS, hi)]))
+        return os.path.getsize(path)
+
+    n = len(items)
+    i = 0
+    n_files = 0
+    per_row: float | None = None
+    if n > PARQUET_GROUP_ROWS:
+        probe = os.path.join(spool, "probe.part")
+        per_row = write(probe, 0, PARQUET_GROUP_ROWS) / PARQUET_GROUP_ROWS
+        os.unlink(probe)
+    while i < n:
+        path = os.path.join(spool, f"{n_files}.part")
+        count = n - i if per_row is None else max(1, min(n - i, int(max_bytes * 0.95 / per_row)))
+        while True:
+            size = write(path, i, i + count)
+            if size <= max_bytes:
+                break
+            if count == 1:
+                break
+            count = max(1, int(count * max_bytes / size * 0.95))
+        if size > max_bytes:  # one row alone does not fit
+            os.unlink(path)
+            yield i
+            i += 1
+            continue
+        per_row = size / count
+        yield Chunk(path, size, i, count, 0)
+        n_files += 1
+        i += count
+
+
+def sort_series(
+    ts: Sequence[int],
+    created: Sequence[int] | None,
+    pos: Sequence[int],
+    lines: list[bytes],
+    ids: list[str] | None,
+) -> tuple[list[Item], list[int], int]:
+    """Series order: by ts, then by the data line. Profiles keep the latest version of each objectId first.
+
+    Returns the sorted items, their source positions, and how many older profile versions were dropped.
+    """
+    order = range(len(lines))
+    superseded = 0
+    if ids is not None:
+        best: dict[str, int] = {}
+        for k in order:
+            j = best.get(ids[k])
+            if j is None or (ts[k], lines[k]) > (ts[j], lines[j]):
+                best[ids[k]] = k
+        superseded = len(lines) - len(best)
+        order = best.values()
+    ordered = sorted(order, key=lambda k: (ts[k], lines[k]))
+    if created is None:
+        items = [Item(ts[k], None, lines[k]) for k in ordered]
+    else:
+        items = [Item(ts[k], None if created[k] < 0 else created[k], lines[k]) for k in ordered]
+    return items, [pos[k] for k in ordered], superseded
+
+
+@dataclass(frozen=True)
+class SeriesOptions:
+    """What the writer needs of the request."""
+
+    kind: str
+    fmt: str
+    compression: str
+    max_file_bytes: int
+    request_id: str
+    run_ts: str
+    database_id: str
+    json_header: bool
+    csv_formula_guard: bool
+
+    @property
+    def ext(self) -> str:
+        return naming.extension(self.fmt, self.compression)
+
+
+def write_series(
+    key: tuple[str, str], items: list[Item], opts: SeriesOptions, upload
+) -> Iterator[tuple[str, dict] | tuple[str, int]]:
+    """Encode, roll and upload one sorted series.
+
+    Yields ("file", info) for each object written and ("too_large", index in items) for records that cannot fit
+    a file alone. `upload(name, path)` stores a spool file under its object name.
+    """
+    event_name, date = key
+    kind = PROFILES if opts.kind == "profiles" else EVENTS
+    ctx = SeriesContext(kind, event_name, opts.csv_formula_guard, opts.json_header)
+    spool = tempfile.mkdtemp(prefix="ctexport-")
+    try:
+        if opts.fmt == "parquet":
+            chunks = roll_parquet(items, ctx, opts.compression, opts.max_file_bytes, spool)
+        else:
+            from transforms.formats.values import text_encoder
+
+            encoder = text_encoder(opts.fmt, ctx, items)
+            chunks = roll_text(items, encoder, opts.compression == "gzip", opts.max_file_bytes, spool)
+        index = 0
+        for chunk in chunks:
+            if isinstance(chunk, int):
+                yield "too_large", chunk
+                continue
+            name = naming.data_name(
+                opts.request_id, opts.run_ts, event_name, date, index, opts.database_id, opts.ext
+            )
+            crc = crc32c_b64(chunk.path)
+            upload(name, chunk.path)
+            os.unlink(chunk.path)
+            index += 1
+            yield (
+                "file",
+                {
+                    "name": name,
+                    "event": event_name,
+                    "date": date,
+                    "index": index - 1,
+                    "bytes": chunk.size,
+                    "records": chunk.count,
+                    "crc32c": crc,
+                    "xml_replaced_chars": chunk.xml_replaced,
+                },
+            )
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+class _WriteSeries(beam.DoFn):
+    """(series key, [SeriesBatch]) -> file infos; records too large for a file go to the dead letters."""
+
+    def __init__(self, request, opts: SeriesOptions, tasks: list, file_order: dict[str, int]):
+        self._request = request
+        self._opts = opts
+        self._tasks = tasks
+        self._file_order = file_order
+        self._files = beam.metrics.Metrics.counter(NAMESPACE, "files_written")
+        self._records = beam.metrics.Metrics.counter(NAMESPACE, "records_written")
+
+    def setup(self):
+        self._store = open_storage(self._request.output)
+
+    def process(self, element):
+        key, batches = element
+        ts, created, pos, lines, ids = array("q"), None, array("q"), [], None
+        for batch in batches:
+            b_ts, b_created, b_pos, b_lines, b_ids = unpack(batch)
+            ts.extend(b_ts)
+            pos.extend(b_pos)
+            lines.extend(b_lines)
+            if b_created is not None:
+                created = created if created is not None else array("q")
+                created.extend(b_created)
+                ids = ids if ids is not None else []
+                ids.extend(b_ids)
+        del batches
+        items, positions, superseded = sort_series(ts, created, pos, lines, ids)
+        del ts, created, pos, lines, ids
+        written = 0
+        for kind, value in write_series(key, items, self._opts, self._store.write_file):
+            if kind == "file":
+                self._files.inc()
+                self._records.inc(value["records"])
+                written += value["records"]
+                yield value
+            else:
+                yield pvalue.TaggedOutput(DEAD_LETTERS, self._too_large(positions[value]))
+        yield pvalue.TaggedOutput(STATS, {"superseded": superseded})
+        log.debug("wrote %s %s: %d records", key[0], key[1], written)
+
+    def _too_large(self, packed_pos: int) -> DeadLetter:
+        task = self._tasks[packed_pos >> 32]
+        n = packed_pos & 0xFFFFFFFF
+        kind, position, order, text, truncated = source_record(task, self._file_order[task.url], n)
+        r = self._request
+        detail = f"the record alone makes a {r.format} file larger than --max_file_bytes {r.max_file_bytes}"
+        return DeadLetter(order, task.url, kind, position, TOO_LARGE, detail, text, truncated, False)
+
+
+class WriteSeries(beam.PTransform):
+    """Sort each series, roll it into files of at most max_file_bytes and upload them under their names."""
+
+    def __init__(self, request, tasks: list, file_order: dict[str, int]):
+        super().__init__()
+        self._request = request
+        self._tasks = tasks
+        self._file_order = file_order
+
+    def expand(self, grouped):
+        r = self._request
+        opts = SeriesOptions(
+            kind=r.export_type,
+            fmt=r.format,
+            compression=r.compression,
+            max_file_bytes=r.max_file_bytes,
+            request_id=r.request_id,
+            run_ts=r.run_ts,
+            database_id=r.database_id,
+            json_header=r.json_header,
+            csv_formula_guard=r.csv_formula_guard,
+        )
+        return grouped | "SortRollUpload" >> beam.ParDo(
+            _WriteSeries(r, opts, self._tasks, self._file_order)
+        ).with_outputs(DEAD_LETTERS, STATS, main="files")
