@@ -1,0 +1,519 @@
+"""The export job end to end on the DirectRunner: what a user would check in the output folder."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from lxml import etree
+
+from ctexport import generate
+from pipelines.export import run
+from transforms import naming
+
+pytestmark = pytest.mark.pipeline
+
+END = 1795737600  # 2026-11-27T00:00:00Z
+START = END - 2 * 86400
+RUN_TS = "20261127120000"
+DB = "W4R-565-5Z4Z"
+
+
+def stamp(ts: int) -> int:
+    return int(datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d%H%M%S"))
+
+
+def day(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """1,500 events (uniform names, 3% late captures) + 12 bad ones, in two files; 300 profile versions."""
+    folder = tmp_path_factory.mktemp("data")
+    lines = list(generate.generate_events(1500, seed=3, start_ts=START, end_ts=END, bad=12, profiles=200))
+    generate.write_jsonl(folder / "events-0.jsonl", lines[:700])
+    generate.write_jsonl(folder / "events-1.jsonl.gz", lines[700:], gzip=True)
+    profiles = list(generate.generate_profiles(300, seed=3, start_ts=START, end_ts=END, bad=4))
+    generate.write_jsonl(folder / "profiles-0.jsonl", profiles)
+    return folder
+
+
+def input_records(folder: Path, kind: str = "events") -> tuple[list[dict], int]:
+    """Good records of the input, decided by the generator's own checker (independent of transforms/)."""
+    good, bad = [], 0
+    for path in sorted(folder.glob(f"{kind}-*")):
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        for line in raw.split(b"\n"):
+            if not line.strip():
+                continue
+            rec = generate._parse(line)
+            ok = rec is not None and (
+                generate.good_event(rec) if kind == "events" else generate.good_profile(rec)
+            )
+            if ok:
+                good.append(rec)
+            else:
+                bad += 1
+    return good, bad
+
+
+def export(capsys, *flags: str, source: str, output, start=START, end=END) -> tuple[int, str, str]:
+    argv = ["--source", source, "--output", str(output), "--request_id", "req_1", "--database_id", DB]
+    if "--run_timestamp" not in flags:
+        argv += ["--run_timestamp", RUN_TS]
+    if "--export_type" not in flags and "--frequency" not in flags:
+        argv += [
+            "--start",
+            datetime.fromtimestamp(start, UTC).strftime("%Y%m%d%H%M%S"),
+            "--end",
+            datetime.fromtimestamp(end, UTC).strftime("%Y%m%d%H%M%S"),
+        ]
+    status = run(argv + list(flags))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def manifest(output: Path, run_ts: str = RUN_TS) -> dict:
+    return json.loads((output / naming.manifest_name("req_1", run_ts)).read_bytes())
+
+
+def data_files(output: Path) -> list[Path]:
+    return sorted(p for p in output.iterdir() if p.is_file())
+
+
+def expected_lines(records: list[dict]) -> Counter:
+    """(event, date, data line as dict text) for each good event, rendered independently."""
+    out = Counter()
+    for r in records:
+        line = {}
+        for k in ("profile", "ts", "deviceInfo", "eventProps"):
+            if k == "ts":
+                line["ts"] = stamp(r["ts"])
+            elif r.get(k) is not None:
+                line[k] = r[k]
+        out[(r["eventName"], day(r["ts"]), json.dumps(line, sort_keys=True))] += 1
+    return out
+
+
+def test_json_export_has_every_record_once_in_series_order(data, tmp_path, capsys):
+    status, out, err = export(capsys, "--source_format", "jsonl", source=f"{data}/events-*", output=tmp_path)
+    assert status == 0, err
+    good, bad = input_records(data)
+    got = Counter()
+    for path in data_files(tmp_path):
+        m = naming.NAME_RE.match(path.name)
+        assert m and m["req"] == "req_1" and m["run"] == RUN_TS and m["db"] == DB and m["ext"] == "json"
+        event = naming.decode_event_name(m["event"])
+        lines = path.read_bytes().split(b"\n")
+        assert lines[0].decode() == event and lines[-1] == b""
+        records = [json.loads(x) for x in lines[1:-1]]
+        keys = [(r["ts"], x) for r, x in zip(records, lines[1:-1], strict=True)]
+        assert keys == sorted(keys), "records are ordered by ts, then bytes"
+        for r in records:
+            assert list(r) == [k for k in ("profile", "ts", "deviceInfo", "eventProps") if k in r]
+            got[(event, m["date"], json.dumps(r, sort_keys=True))] += 1
+    assert got == expected_lines(good)
+    m = manifest(tmp_path)
+    assert m["status"] == "Done"
+    assert m["totals"]["exported"] == len(good) and m["totals"]["bad"] == bad == 12
+    assert m["totals"]["records_read"] == len(good) + bad
+    assert {f["name"] for f in m["files"]} == {p.name for p in data_files(tmp_path)}
+    for f in m["files"]:
+        assert (tmp_path / f["name"]).stat().st_size == f["bytes"]
+    assert "records read 1,512" in out and "exported 1,500" in out
+
+
+def test_dead_letters_carry_reason_source_and_text(data, tmp_path, capsys):
+    status, _, err = export(capsys, source=f"{data}/events-*", output=tmp_path)
+    assert status == 0, err
+    lines = (tmp_path / naming.errors_name("req_1", RUN_TS, 0)).read_text().splitlines()
+    letters = [json.loads(x) for x in lines]
+    assert len(letters) == 12
+    reasons = Counter(d["reason"] for d in letters)
+    for reason in (
+        "unparseable",
+        "invalid_utf8",
+        "missing_field",
+        "wrong_type",
+        "out_of_range",
+        "integer_outside_64_bits",
+        "invalid_event_name",
+    ):
+        assert reasons[reason] >= 1, reasons
+    orders = [(d["source"]["file"], d["source"].get("line")) for d in letters]
+    assert orders == sorted(orders), "dead letters are in source order"
+    plain = [d for d in letters if d["source"]["file"].endswith("events-0.jsonl")]
+    raw = (data / "events-0.jsonl").read_bytes().split(b"\n")
+    for d in plain:
+        original = raw[d["source"]["line"] - 1].decode("utf-8", "replace")
+        assert d["record"] == original
+    assert manifest(tmp_path)["bad_records_by_reason"] == dict(sorted(reasons.items()))
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    raw = path.read_bytes()
+    if path.name.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    assert b"\r\n" in raw
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
+    return rows[0], [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+
+
+def cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_csv_export_reads_back(data, tmp_path, capsys, compression):
+    status, _, err = export(
+        capsys, "--format", "csv", "--compression", compression, source=f"{data}/events-*", output=tmp_path
+    )
+    assert status == 0, err
+    good, _ = input_records(data)
+    expected = Counter()
+    for r in good:
+        row = {"eventName": r["eventName"], "ts": str(stamp(r["ts"]))}
+        for group in ("profile", "deviceInfo", "eventProps"):
+            for k, v in (r.get(group) or {}).items():
+                if cell(v) != "":  # an empty cell: null, absent and "" read back alike
+                    row[f"{group}.{k}"] = cell(v)
+        expected[json.dumps(row, sort_keys=True, ensure_ascii=False)] += 1
+    got = Counter()
+    for path in data_files(tmp_path):
+        assert path.name.endswith(".csv.gz" if compression == "gzip" else ".csv")
+        header, rows = read_csv(path)
+        assert header[:2] == ["eventName", "ts"]
+        for row in rows:
+            got[
+                json.dumps({k: v for k, v in row.items() if v != ""}, sort_keys=True, ensure_ascii=False)
+            ] += 1
+    assert got == expected
+
+
+def test_xml_export_parses_and_holds_every_record(data, tmp_path, capsys):
+    status, _, err = export(capsys, "--format", "xml", source=f"{data}/events-*", output=tmp_path)
+    assert status == 0, err
+    good, _ = input_records(data)
+    expected = Counter(
+        (r["eventName"], str(stamp(r["ts"])), cell((r.get("eventProps") or {}).get("CT Source")))
+        for r in good
+    )
+    got = Counter()
+    for path in data_files(tmp_path):
+        root = etree.fromstring(path.read_bytes())
+        assert root.tag == "Events"
+        for ev in root:
+            assert [c.tag for c in ev][:2] == ["ts", "eventName"]
+            entries = ev.find("eventProps")
+            props = {
+                e.findtext("key"): e.findtext("value") or "" for e in (entries if entries is not None else [])
+            }
+            got[(ev.findtext("eventName"), ev.findtext("ts"), props.get("CT Source", ""))] += 1
+    assert got == expected
+
+
+@pytest.mark.parametrize("compression", ["snappy", "zstd"])
+def test_parquet_export_reads_back(data, tmp_path, capsys, compression):
+    status, _, err = export(
+        capsys,
+        "--format",
+        "parquet",
+        "--compression",
+        compression,
+        source=f"{data}/events-*",
+        output=tmp_path,
+    )
+    assert status == 0, err
+    good, _ = input_records(data)
+    # identity is a string in some records and a number in others: Parquet widens it to string (SPEC section 4)
+    expected = Counter(
+        (r["eventName"], r["ts"], cell((r.get("profile") or {}).get("identity"))) for r in good
+    )
+    got = Counter()
+    for path in data_files(tmp_path):
+        assert path.name.endswith(".parquet")
+        f = pq.ParquetFile(path)
+        assert f.metadata.row_group(0).column(0).compression.lower() == compression
+        table = f.read()
+        assert str(table.schema.field("ts").type) == "timestamp[us, tz=UTC]"
+        for row in table.to_pylist():
+            got[
+                (row["eventName"], int(row["ts"].timestamp()), cell((row["profile"] or {}).get("identity")))
+            ] += 1
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "fmt, compression", [("json", "none"), ("csv", "gzip"), ("xml", "none"), ("parquet", "snappy")]
+)
+def test_a_series_larger_than_the_limit_rolls_into_files_under_it(data, tmp_path, capsys, fmt, compression):
+    # Parquet's footer alone takes ~11 kB for this wide schema: its limit leaves room for a few rows a file.
+    limit = {"json": 6000, "csv": 1200, "xml": 6000, "parquet": 13500}[fmt]
+    flags = ["--format", fmt, "--compression", compression, "--events", "Charged"]
+    status, _, err = export(
+        capsys, *flags, "--max_file_bytes", str(limit), source=f"{data}/events-*", output=tmp_path / "small"
+    )
+    assert status == 0, err
+    status, _, err = export(capsys, *flags, source=f"{data}/events-*", output=tmp_path / "big")
+    assert status == 0, err
+    small = manifest(tmp_path / "small")
+    big = manifest(tmp_path / "big")
+    by_series: dict[tuple, list] = {}
+    for f in small["files"]:
+        assert f["bytes"] <= limit
+        assert (tmp_path / "small" / f["name"]).stat().st_size == f["bytes"]
+        m = naming.NAME_RE.match(f["name"])
+        by_series.setdefault((m["event"], m["date"]), []).append(int(m["idx"]))
+    assert all(sorted(idx) == list(range(len(idx))) for idx in by_series.values())
+    assert max(len(v) for v in by_series.values()) >= (2 if fmt == "parquet" else 3), "small enough to roll"
+    assert small["totals"]["bad"] == big["totals"]["bad"], "no record is too large for these limits"
+    assert small["records_per_event_and_date"] == big["records_per_event_and_date"]
+    if fmt == "json":  # the files of a series, concatenated, hold the single file's records in order
+        for f in big["files"]:
+            m = naming.NAME_RE.match(f["name"])
+            parts = [g for g in small["files"] if g["date"] == f["date"]]
+            parts.sort(key=lambda g: int(naming.NAME_RE.match(g["name"])["idx"]))
+            lines = b"".join(
+                b"\n".join((tmp_path / "small" / g["name"]).read_bytes().split(b"\n")[1:]) for g in parts
+            )
+            whole = b"\n".join((tmp_path / "big" / f["name"]).read_bytes().split(b"\n")[1:])
+            assert lines == whole, m["date"]
+
+
+def test_rerun_writes_identical_objects(data, tmp_path, capsys):
+    for out in ("a", "b"):
+        status, _, err = export(
+            capsys,
+            "--format",
+            "csv",
+            "--compression",
+            "gzip",
+            "--max_file_bytes",
+            "8000",
+            source=f"{data}/events-*",
+            output=tmp_path / out,
+        )
+        assert status == 0, err
+    # and once more over the first output: same names, same bytes, nothing added
+    before = {
+        p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()
+    }
+    status, _, err = export(
+        capsys,
+        "--format",
+        "csv",
+        "--compression",
+        "gzip",
+        "--max_file_bytes",
+        "8000",
+        source=f"{data}/events-*",
+        output=tmp_path / "a",
+    )
+    assert status == 0, err
+    after = {
+        p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()
+    }
+    other = {
+        p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()
+    }
+    assert before == after
+    manifest_path = Path(naming.manifest_name("req_1", RUN_TS))
+    m_a, m_b = json.loads(before.pop(manifest_path)), json.loads(other.pop(manifest_path))
+    assert m_a["request"].pop("output") != m_b["request"].pop("output")
+    assert m_a == m_b, "the manifests differ only by the output location"
+    assert before == other
+    assert len(before) > 20
+
+
+def test_six_recurring_runs_export_a_day_exactly_once(data, tmp_path, capsys):
+    good, _ = input_records(data)
+    day_start = END - 86400
+    seen = Counter()
+    for k in range(1, 7):
+        run_ts = datetime.fromtimestamp(day_start + 4 * 3600 * k, UTC).strftime("%Y%m%d%H%M%S")
+        status, _, err = export(
+            capsys,
+            "--frequency",
+            "recurring",
+            "--every_hours",
+            "4",
+            "--run_timestamp",
+            run_ts,
+            source=f"{data}/events-*",
+            output=tmp_path,
+        )
+        assert status == 0, err
+        for f in manifest(tmp_path, run_ts)["files"]:
+            lines = (tmp_path / f["name"]).read_bytes().split(b"\n")[1:-1]
+            for line in lines:
+                seen[(f["event"], f["date"], json.dumps(json.loads(line), sort_keys=True))] += 1
+    captured = [r for r in good if day_start <= r.get("capturedAt", r["ts"]) < END]
+    late = [r for r in captured if day(r["ts"]) != day(r.get("capturedAt", r["ts"]))]
+    assert late, "the sample holds late captures"
+    assert seen == expected_lines(captured)
+
+
+def test_profiles_export_latest_version_of_each(data, tmp_path, capsys):
+    status, _, err = export(
+        capsys, "--export_type", "profiles", "--format", "json", source=f"{data}/profiles-*", output=tmp_path
+    )
+    assert status == 0, err
+    good, bad = input_records(data, "profiles")
+    latest: dict[str, dict] = {}
+    for r in good:
+        cur = latest.get(r["objectId"])
+        if cur is None or r["updatedAt"] > cur["updatedAt"]:
+            latest[r["objectId"]] = r
+    files = data_files(tmp_path)
+    assert [p.name for p in files] == [f"req_1-{RUN_TS}-profiles-20261127-0-{DB}.json"]
+    lines = files[0].read_bytes().split(b"\n")
+    assert lines[0] == b"profiles"
+    rows = [json.loads(x) for x in lines[1:-1]]
+    assert len(rows) == len({r["objectId"] for r in rows}) == len(latest)
+    for row in rows:
+        assert row["ts"] == stamp(latest[row["objectId"]]["updatedAt"])
+    m = manifest(tmp_path)
+    assert m["totals"]["superseded_profile_versions"] == len(good) - len(latest)
+    assert m["totals"]["bad"] == bad == 4
+
+
+def test_over_max_bad_records_fails_without_manifest(data, tmp_path, capsys):
+    status, _, err = export(capsys, "--max_bad_records", "5", source=f"{data}/events-*", output=tmp_path)
+    assert status == 1
+    assert "12 bad records, more than --max_bad_records 5" in err
+    assert not (tmp_path / "_manifests").exists()
+    status, _, err = export(capsys, "--max_bad_records", "12", source=f"{data}/events-*", output=tmp_path)
+    assert status == 0, err
+    assert manifest(tmp_path)["totals"]["bad"] == 12
+
+
+def test_objects_left_by_a_failed_attempt_are_deleted(data, tmp_path, capsys):
+    stale = tmp_path / f"req_1-{RUN_TS}-Charged-20261125-7-{DB}.json"
+    stale_err = tmp_path / "_errors" / f"req_1-{RUN_TS}-errors-5.jsonl"
+    other_run = tmp_path / f"req_1-20261101000000-Charged-20261125-0-{DB}.json"
+    for p in (stale, stale_err, other_run):
+        p.parent.mkdir(exist_ok=True)
+        p.write_text("left over")
+    status, _, err = export(capsys, source=f"{data}/events-*", output=tmp_path)
+    assert status == 0, err
+    assert not stale.exists() and not stale_err.exists()
+    assert other_run.exists()
+
+
+def test_empty_input_is_done_with_no_files(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    status, _, err = export(capsys, source=str(tmp_path / "empty.jsonl"), output=tmp_path / "out")
+    assert status == 0, err
+    m = manifest(tmp_path / "out")
+    assert m["files"] == [] and m["totals"]["records_read"] == 0 and m["status"] == "Done"
+
+
+def test_selected_events_and_timezone(data, tmp_path, capsys):
+    events = json.dumps(["Level-Up/Bonus", "50% Off Viewed", "購入完了"])
+    status, _, err = export(
+        capsys, "--events", events, "--timezone", "Asia/Kolkata", source=f"{data}/events-*", output=tmp_path
+    )
+    assert status == 0, err
+    good, _ = input_records(data)
+    wanted = [r for r in good if r["eventName"] in json.loads(events)]
+    names = set()
+    total = 0
+    for path in data_files(tmp_path):
+        m = naming.NAME_RE.match(path.name)
+        names.add(naming.decode_event_name(m["event"]))
+        total += len(path.read_bytes().split(b"\n")) - 2
+    assert names == set(json.loads(events)) and total == len(wanted)
+    t = manifest(tmp_path)["totals"]
+    # bad records of events not selected are not this export's: they count as out of scope, not as bad
+    assert t["records_read"] == t["exported"] + t["bad"] + t["out_of_scope"] == 1512
+    assert t["out_of_scope"] >= len(good) - len(wanted) and t["bad"] < 12
+
+
+INVALID = [
+    (["--format", "yaml"], "--format 'yaml' is not valid"),
+    (["--frequency", "recurring", "--every_hours", "5"], "--every_hours 5 is not valid"),
+    (["--start", "20261126", "--end", "20261125"], "--start must be before --end"),
+    (["--start", "20261001", "--end", "20261125"], "more than 45 days"),
+    (["--output", "gs://no-such-bucket-here/x"], "bucket"),
+    (["--source", "/nonexistent/*.jsonl"], "matches no file"),
+    (["--request_id", "bad-id"], "--request_id"),
+    (["--database_id", "bad id"], "--database_id"),
+    (["--compression", "zstd"], "--compression 'zstd' is not valid"),
+    (["--timezone", "Mars/Olympus"], "--timezone"),
+    (["--max_file_bytes", "10"], "--max_file_bytes must be at least"),
+    (["--formt", "json"], "unknown flag --formt"),
+]
+
+
+@pytest.mark.parametrize("flags, message", INVALID, ids=[m for _, m in INVALID])
+def test_invalid_request_exits_2_before_reading_or_writing(
+    data, tmp_path, capsys, gcs_emulator, flags, message
+):
+    argv = {
+        "--source": f"{data}/events-*",
+        "--output": str(tmp_path / "out"),
+        "--request_id": "req_1",
+        "--database_id": DB,
+        "--run_timestamp": RUN_TS,
+        "--start": "20261125",
+        "--end": "20261127",
+    }
+    extra = []
+    for k, v in zip(flags[::2], flags[1::2], strict=True):
+        if k in argv:
+            argv[k] = v
+        else:
+            extra += [k, v]
+    if "--frequency" in extra:
+        argv.pop("--start")
+        argv.pop("--end")
+    status = run([x for kv in argv.items() for x in kv] + extra)
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert message in err, err
+    assert "Traceback" not in err and out == ""
+    assert all(line.startswith("invalid request: ") for line in err.strip().splitlines())
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.emulator
+def test_export_from_and_to_gcs_emulator(data, gcs_bucket, capsys):
+    from transforms.storage import gcs_client, open_storage
+
+    bucket = gcs_client().bucket(gcs_bucket)
+    for path in sorted(data.glob("events-*")):
+        bucket.blob(f"in/{path.name}").upload_from_filename(str(path))
+    status, out, err = export(
+        capsys,
+        "--format",
+        "parquet",
+        source=f"gs://{gcs_bucket}/in/events-*",
+        output=f"gs://{gcs_bucket}/exports/daily",
+    )
+    assert status == 0, err
+    store = open_storage(f"gs://{gcs_bucket}/exports/daily")
+    m = json.loads(store.read_bytes(naming.manifest_name("req_1", RUN_TS)))
+    listed = {o.name: o for o in store.list("")}
+    for f in m["files"] + m["errors"]:
+        assert listed[f["name"]].size == f["bytes"]
+        assert listed[f["name"]].crc32c == f["crc32c"], "the manifest's CRC32C is the one GCS reports"
+    good, bad = input_records(data)
+    assert m["totals"]["exported"] == len(good) and m["totals"]["bad"] == bad
+    rows = sum(pq.read_table(io.BytesIO(store.read_bytes(f["name"]))).num_rows for f in m["files"])
+    assert rows == len(good)
+    assert os.environ["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")
