@@ -13,7 +13,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import InvalidRequest, Request, unknown_flags, validate
+from pipelines.options import ExportOptions, InvalidRequest, Request, unknown_flags, validate
 from transforms import naming, storage
 from transforms.finalize import RUN_FAILED, Finalize
 from transforms.series import ExtractSeries
@@ -107,6 +107,9 @@ def _window_text(w: dict) -> str:
 def run(argv: list[str] | None = None, now: float | None = None) -> int:
     """Validate, build, run, report. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(usage())
+        return 0
     _setup_logging()
     options = PipelineOptions(argv)
     try:
@@ -160,6 +163,18 @@ def run(argv: list[str] | None = None, now: float | None = None) -> int:
     manifest = orjson.loads(store.read_bytes(naming.manifest_name(request.request_id, request.run_ts)))
     print(summary(manifest, time.monotonic() - started))
     return 0
+
+
+def usage() -> str:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.export",
+        description="Export analytics events or profiles to GCS or a folder (SPEC section 2). Beam's own flags "
+        "(--runner, --direct_num_workers, --project, ...) pass through to the runner.",
+    )
+    ExportOptions._add_argparse_args(parser)
+    return parser.format_help()
 
 
 def _setup_logging() -> None:
