@@ -1,65 +1,57 @@
 """`ctexport`: the friendly front of the exporter.
 
-ctexport export --flag value ...     run one export (the flags of `python -m pipelines.export`)
-ctexport generate --out DIR ...      write realistic sample events and profiles
-ctexport emulator start|stop|run     a local GCS emulator
-ctexport demo                        all of the above, end to end, on an embedded default
+    ctexport export --flag value ...        run one export (the flags of `python -m pipelines.export`)
+    ctexport credentials check ...          check a service-account key (or ADC) and a bucket
+    ctexport destinations add|list|remove   saved output locations
+    ctexport create ...                     a new export request (one-time runs at once; recurring is registered)
+    ctexport activity                       the Activity Log
+    ctexport show ID                        one request with every run
+    ctexport stop ID                        stop a recurring request
+    ctexport tick                           run every due window of every active recurring request
+    ctexport scheduler                      run `tick` in a loop
+    ctexport schedule ID ... / unschedule ID   Cloud Scheduler job that launches the Dataflow flex template
+    ctexport generate --out DIR ...         write realistic sample events and profiles
+    ctexport emulator start|stop|run        a local GCS emulator
+    ctexport demo                           all of it, end to end, on an embedded default
+
+`ctexport COMMAND --help` says more.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
+
+# command -> (module, function taking argv and returning the exit status). Modules load only when used.
+COMMANDS = {
+    "export": ("pipelines.export", "run"),
+    "credentials": ("ctexport.credentials", "main"),
+    "destinations": ("ctexport.requests_cli", "destinations_main"),
+    "create": ("ctexport.requests_cli", "create_main"),
+    "activity": ("ctexport.requests_cli", "activity_main"),
+    "show": ("ctexport.requests_cli", "show_main"),
+    "stop": ("ctexport.requests_cli", "stop_main"),
+    "tick": ("ctexport.requests_cli", "tick_main"),
+    "scheduler": ("ctexport.requests_cli", "scheduler_main"),
+    "schedule": ("ctexport.schedule", "schedule_main"),
+    "unschedule": ("ctexport.schedule", "unschedule_main"),
+    "generate": ("ctexport.generate", "main"),
+    "emulator": ("ctexport.emulator", "main"),
+    "demo": ("ctexport.demo", "main"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {
-        "export": _export,
-        "generate": _generate,
-        "emulator": _emulator,
-        "demo": _demo,
-    }
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nctexport: unknown command {argv[0]!r}", file=sys.stderr)
-            sys.exit(2)
         sys.exit(0)
-    sys.exit(commands[argv[0]](argv[1:]) or 0)
-
-
-def _export(argv: list[str]) -> int:
-    from pipelines.export import run
-
-    return run(argv)
-
-
-def _generate(argv: list[str]) -> int:
-    from ctexport.generate import main as generate_main
-
-    return generate_main(argv)
-
-
-def _emulator(argv: list[str]) -> int:
-    from ctexport.emulator import main as emulator_main
-
-    return emulator_main(argv)
-
-
-def _demo(argv: list[str]) -> int:
-    from ctexport.demo import main as demo_main
-
-    parser = argparse.ArgumentParser(
-        prog="ctexport demo", description="Export sample data to a local GCS emulator"
-    )
-    parser.add_argument("--events", type=int, default=20000, help="sample events to generate")
-    parser.add_argument("--profiles", type=int, default=2000, help="sample profiles to generate")
-    parser.add_argument(
-        "--work", default="demo-out", help="folder for the sample data and the emulator's storage"
-    )
-    parser.add_argument("--port", type=int, default=0, help="emulator port (0: any free port)")
-    return demo_main(parser.parse_args(argv))
+    if argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr)
+        print(f"\nctexport: unknown command {argv[0]!r}", file=sys.stderr)
+        sys.exit(2)
+    module, function = COMMANDS[argv[0]]
+    sys.exit(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
 
 
 if __name__ == "__main__":
