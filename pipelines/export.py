@@ -123,6 +123,15 @@ def run(argv: list[str] | None = None, now: float | None = None) -> int:
         for problem in e.problems:
             print(f"invalid request: {problem}", file=sys.stderr)
         return 2
+    store = storage.open_storage(request.output)
+    manifest_name = naming.manifest_name(request.request_id, request.run_ts)
+    explicit_run = options.view_as(ExportOptions).run_timestamp
+    if request.frequency == "recurring" and not explicit_run and store.exists(manifest_name):
+        # A scheduled launch whose window is done already (a retried or doubled trigger): nothing to do.
+        print(
+            f"already exported: {store.display(manifest_name)} exists for window {request.window.describe()}"
+        )
+        return 0
     total = sum(f.size for f in files)
     log.info(
         "export %s run %s: %s %s, %s, %d source files (%s bytes) -> %s",
@@ -133,10 +142,9 @@ def run(argv: list[str] | None = None, now: float | None = None) -> int:
         request.window.describe(),
         len(files),
         f"{total:,}",
-        storage.open_storage(request.output).display(""),
+        store.display(""),
     )
     started = time.monotonic()
-    store = storage.open_storage(request.output)
     try:
         p = beam.Pipeline(runner=make_runner(options), options=options)
         build_pipeline(p, request, files)
@@ -156,11 +164,11 @@ def run(argv: list[str] | None = None, now: float | None = None) -> int:
         print(f"run failed: {message}", file=sys.stderr)
         return 1
     if options.view_as(StandardOptions).runner not in ("DirectRunner", None) and not store.exists(
-        naming.manifest_name(request.request_id, request.run_ts)
+        manifest_name
     ):
         print("submitted; the manifest appears when the run is done", file=sys.stderr)
         return 0
-    manifest = orjson.loads(store.read_bytes(naming.manifest_name(request.request_id, request.run_ts)))
+    manifest = orjson.loads(store.read_bytes(manifest_name))
     print(summary(manifest, time.monotonic() - started))
     return 0
 

@@ -517,3 +517,36 @@ def test_export_from_and_to_gcs_emulator(data, gcs_bucket, capsys):
     rows = sum(pq.read_table(io.BytesIO(store.read_bytes(f["name"]))).num_rows for f in m["files"])
     assert rows == len(good)
     assert os.environ["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")
+
+
+def test_recurring_run_without_timestamp_exports_the_settled_window_once(data, tmp_path, capsys):
+    now = END + 15 * 60 + 30  # 00:15:30 on the 27th: the window [20:00, 24:00) of the 26th has settled
+    argv = [
+        "--source",
+        f"{data}/events-*",
+        "--output",
+        str(tmp_path),
+        "--request_id",
+        "req_1",
+        "--database_id",
+        DB,
+        "--frequency",
+        "recurring",
+        "--every_hours",
+        "4",
+    ]
+    assert run(argv, now=now) == 0
+    first = capsys.readouterr().out
+    m = manifest(tmp_path, "20261127000000")
+    assert m["window"] == {
+        "field": "capturedAt",
+        "start": "2026-11-26T20:00:00Z",
+        "end": "2026-11-27T00:00:00Z",
+    }
+    assert m["totals"]["exported"] > 0 and "Done" in first
+    before = sorted(p.name for p in data_files(tmp_path))
+    assert run(argv, now=now + 60) == 0
+    assert "already exported" in capsys.readouterr().out
+    assert sorted(p.name for p in data_files(tmp_path)) == before
+    assert run(argv, now=END - 60) == 0  # before the settle delay: the window before it
+    assert (tmp_path / naming.manifest_name("req_1", "20261126200000")).exists()
