@@ -1,0 +1,249 @@
+"""Parquet (SPEC section 4): one Arrow schema per series, the union of its records, widened where types differ.
+
+`series_schema` reads the whole series once; `to_table` turns any run of it into a table of that schema, so
+every chunk of the series has the same schema.
+
+Widening of a property whose JSON type differs between records: integer and double give double when every
+integer seen fits in 53 bits (|v| <= 2**53, exact in a double), otherwise string; objects merge field by
+field, lists merge their elements; any other mix gives string, where strings stay as they are and other values
+become their compact JSON text. Null and the empty object (which is null here) merge with anything. A
+property that is only ever null, or a list that is only ever empty, is typed string. Struct fields are sorted
+by code point. A free-key object (`profile`, `deviceInfo`, `eventProps`, `profileProps`) with no key in the
+whole series has no column: Parquet cannot store a struct without fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from transforms.formats.base import EVENTS, Item, SeriesContext
+from transforms.formats.values import EVENT_OBJECTS, PROFILE_FIELDS, PROFILE_OBJECT, json_text
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+_PROFILE_COLUMNS = tuple(f for f in PROFILE_FIELDS if f not in ("createdAt", "ts"))  # objectId … platform
+_MAX_EXACT = 2**53
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+# Inferred types: these leaf markers, _List, _Struct, or None for "only nulls seen so far".
+_BOOL = "bool"
+_INT = "int"  # every integer seen fits in 53 bits
+_BIG_INT = "big_int"  # some integer does not
+_DOUBLE = "double"
+_STRING = "string"
+_ABSENT = object()  # a key not seen yet
+_OTHER = object()  # a value whose type is not a leaf in _SAME
+_SAME = {str: _STRING, int: _INT, float: _DOUBLE, bool: _BOOL}  # the leaf type a value keeps unchanged
+
+
+class _List:
+    __slots__ = ("item",)
+
+    def __init__(self) -> None:
+        self.item: Any = None
+
+
+class _Struct:
+    __slots__ = ("fields",)
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+
+
+def _merge(t: Any, v: Any) -> Any:
+    """The type of a property after seeing value `v` where type `t` was seen before."""
+    if v is None or t is _STRING:
+        return t
+    cls = v.__class__
+    if cls is str:
+        return _STRING
+    if cls is int:
+        if -_MAX_EXACT <= v <= _MAX_EXACT:
+            if t is None:
+                return _INT
+            return t if t is _INT or t is _BIG_INT or t is _DOUBLE else _STRING
+        if t is None or t is _INT or t is _BIG_INT:
+            return _BIG_INT if _INT64_MIN <= v <= _INT64_MAX else _STRING
+        return _STRING
+    if cls is float:
+        return _DOUBLE if t is None or t is _INT or t is _DOUBLE else _STRING
+    if cls is bool:
+        return _BOOL if t is None or t is _BOOL else _STRING
+    if cls is dict:
+        if not v:
+            return t
+        if t is None:
+            t = _Struct()
+        elif t.__class__ is not _Struct:
+            return _STRING
+        fields = t.fields
+        for key, x in v.items():
+            seen = fields.get(key, _ABSENT)
+            # Most values repeat the type already seen: skip the call then.
+            if seen is _STRING or (
+                _SAME.get(x.__class__, _OTHER) is seen
+                and (seen is not _INT or -_MAX_EXACT <= x <= _MAX_EXACT)
+            ):
+                continue
+            fields[key] = _merge(None if seen is _ABSENT else seen, x)
+        return t
+    if cls is list:
+        if t is None:
+            t = _List()
+        elif t.__class__ is not _List:
+            return _STRING
+        item = t.item
+        for x in v:
+            item = _merge(item, x)
+        t.item = item
+        return t
+    raise TypeError(f"not a JSON value: {cls.__name__}")
+
+
+def _arrow_type(t: Any) -> pa.DataType:
+    if t is None or t is _STRING:
+        return pa.string()
+    if t is _INT or t is _BIG_INT:
+        return pa.int64()
+    if t is _DOUBLE:
+        return pa.float64()
+    if t is _BOOL:
+        return pa.bool_()
+    if t.__class__ is _List:
+        return pa.list_(_arrow_type(t.item))
+    return pa.struct([pa.field(key, _arrow_type(t.fields[key])) for key in sorted(t.fields)])
+
+
+def series_schema(ctx: SeriesContext, items: Iterable[Item]) -> pa.Schema:
+    """The schema of a whole series: every property of every record, widened where their types differ."""
+    names = EVENT_OBJECTS if ctx.kind == EVENTS else (*_PROFILE_COLUMNS, PROFILE_OBJECT)
+    types: dict[str, Any] = dict.fromkeys(names)
+    loads = orjson.loads
+    for item in items:
+        data = loads(item.line)
+        for name in names:
+            value = data.get(name)
+            if value is not None:
+                types[name] = _merge(types[name], value)
+
+    def field(name: str) -> pa.Field:
+        return pa.field(name, _arrow_type(types[name]))
+
+    if ctx.kind == EVENTS:
+        fields = [pa.field("ts", TIMESTAMP), pa.field("eventName", pa.string())]
+        fields += [field(name) for name in EVENT_OBJECTS if types[name] is not None]
+    else:
+        fields = [field(name) for name in _PROFILE_COLUMNS]
+        fields += [pa.field("createdAt", TIMESTAMP), pa.field("ts", TIMESTAMP)]
+        if types[PROFILE_OBJECT] is not None:
+            fields.append(field(PROFILE_OBJECT))
+    return pa.schema(fields)
+
+
+def to_table(ctx: SeriesContext, schema: pa.Schema, items: Sequence[Item]) -> pa.Table:
+    """A table of `schema` (from `series_schema` of the whole series) holding `items`, in their order."""
+    loads = orjson.loads
+    records = [loads(item.line) for item in items]
+    arrays = []
+    for f in schema:
+        name = f.name
+        if name == "ts":
+            arrays.append(pa.array([item.ts * 1_000_000 for item in items], TIMESTAMP))
+        elif name == "createdAt":
+            created = [None if item.created is None else item.created * 1_000_000 for item in items]
+            arrays.append(pa.array(created, TIMESTAMP))
+        elif name == "eventName" and ctx.kind == EVENTS:
+            arrays.append(pa.array([ctx.event_name] * len(items), pa.string()))
+        else:
+            arrays.append(_column([r.get(name) for r in records], f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# Converting values to a schema. Arrow converts int to double itself and raises on any value that does not
+# fit its type, but it reads an empty object as a struct of nulls rather than null. So a column is built in
+# two tries. The first only makes empty objects in struct positions null. If Arrow then refuses a value (a
+# property widened to string, or an empty object in a list or scalar position), the second try renders
+# values in string positions as JSON text and makes every empty object null. Both walk the records row by
+# row (cache-friendly) and change dicts in place, the first only in struct positions, which the second
+# treats the same way.
+
+_Converter = Callable[[Any], Any]
+
+
+def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
+    first = _converter(typ, full=False)
+    try:
+        return pa.array(values if first is None else _convert_all(first, values), typ)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        pass
+    return pa.array(_convert_all(_converter(typ, full=True), values), typ)
+
+
+def _null_if_empty(v: dict[str, Any]) -> dict[str, Any] | None:
+    return v or None
+
+
+def _convert_all(convert: _Converter, values: list[Any]) -> list[Any]:
+    if convert is _null_if_empty:
+        return [v or None for v in values]
+    return [None if v is None else convert(v) for v in values]
+
+
+def _converter(typ: pa.DataType, full: bool) -> _Converter | None:
+    """A function of a non-null value giving what Arrow reads as `typ`, or None when values need no change.
+
+    Not `full`: only empty objects in struct positions become null. `full`: also non-strings in string
+    positions become their JSON text and every empty object becomes null.
+    """
+    if pa.types.is_struct(typ):
+        text_keys = frozenset(f.name for f in typ if full and pa.types.is_string(f.type))
+        nested = [
+            (f.name, c)
+            for f in typ
+            if (pa.types.is_struct(f.type) or pa.types.is_list(f.type)) and (c := _converter(f.type, full))
+        ]
+        if not full and not nested:
+            return _null_if_empty
+
+        def struct(v: dict[str, Any]) -> dict[str, Any] | None:
+            if not v:
+                return None
+            if full:
+                for key, x in v.items():  # replacing values while iterating is allowed
+                    cls = x.__class__
+                    if cls is str or x is None:
+                        continue
+                    if key in text_keys:
+                        v[key] = _as_text(x)
+                    elif cls is dict and not x:
+                        v[key] = None
+            for key, convert in nested:
+                x = v.get(key)
+                if x is not None:
+                    v[key] = convert(x)
+            return v
+
+        return struct
+    if pa.types.is_list(typ):
+        item = _converter(typ.value_type, full)
+        if item is None:
+            return None  # Arrow refuses an empty object here, so the second try handles it
+        return lambda v: None if v.__class__ is dict else _convert_all(item, v)
+    if not full:
+        return None
+    return _as_text if pa.types.is_string(typ) else _leaf
+
+
+def _leaf(v: Any) -> Any:
+    return None if v.__class__ is dict else v  # only an empty object can be here
+
+
+def _as_text(v: Any) -> str | None:
+    if v.__class__ is str:
+        return v
+    if v == {}:
+        return None
+    return json_text(v)

@@ -1,0 +1,144 @@
+"""XML (SPEC section 4): one compact `<Event>` or `<Profile>` element per line under `<Events>`/`<Profiles>`.
+
+Values are text (`values.value_text`). Text escapes `&`, `<`, `>`, and writes CR as `&#13;` so a parser
+does not turn it into LF, and LF as `&#10;` so every record stays on one line. Characters XML 1.0 forbids
+are replaced by U+FFFD and counted in `replaced_chars`.
+
+A `profile` or `deviceInfo` key becomes an element name only when every XML parser accepts it: ASCII
+letters, digits, `_`, `-` and `.`, starting with a letter or `_`. Any other key is written as an
+`<entry><key>…</key><value>…</value></entry>` inside that element. The XML 1.0 fifth edition allows many more
+non-ASCII names, but expat (Python's own parser, and many loaders built on it) follows the older name tables
+and rejects some of them (e.g. U+2070, U+3001, U+F900, anything beyond the BMP); a colon would make an
+undeclared namespace prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from transforms.formats.base import EVENTS, Item, SeriesContext
+from transforms.formats.values import EVENT_OBJECTS, PROFILE_FIELDS, PROFILE_OBJECT, value_text
+
+# Everything outside #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF].
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_SPECIAL = re.compile("[&<>\r\n\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_ELEMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_KEY_CACHE_LIMIT = 100_000
+_Text = Callable[[Any], str]
+
+
+class XmlEncoder:
+    """Encodes one series as XML, one record per line."""
+
+    ext = "xml"
+
+    def __init__(self, ctx: SeriesContext, items: Iterable[Item]):
+        self.replaced_chars = 0
+        self._events = ctx.kind == EVENTS
+        root = "Events" if self._events else "Profiles"
+        self._header = f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>\n'.encode()
+        self._footer = f"</{root}>\n".encode()
+        # The event name is written in every record; its replaced characters count every time.
+        self._name, self._name_replaced = _character_data(ctx.event_name) if self._events else ("", 0)
+        # key -> its element's open and close tags, or None when it must be an entry.
+        self._tags: dict[str, tuple[str, str] | None] = {}
+
+    def header(self) -> bytes:
+        return self._header
+
+    def footer(self) -> bytes:
+        return self._footer
+
+    def encode(self, item: Item) -> bytes:
+        data = orjson.loads(item.line)
+        if not _may_need_escapes(item.line):
+            text, key_text = value_text, str
+        else:
+            text, key_text = self._text, self._escape
+        if self._events:
+            out = ["<Event><ts>", value_text(data.get("ts")), "</ts><eventName>", self._name, "</eventName>"]
+            self.replaced_chars += self._name_replaced
+            for name in EVENT_OBJECTS:
+                obj = data.get(name)
+                if obj is None:
+                    continue
+                out.append(f"<{name}>")
+                if name == "eventProps":
+                    _entries(out, obj, text, key_text)
+                else:
+                    self._elements(out, obj, text, key_text)
+                out.append(f"</{name}>")
+            out.append("</Event>\n")
+        else:
+            out = ["<Profile>"]
+            for name in PROFILE_FIELDS:
+                if name in data:
+                    out += ("<", name, ">", text(data[name]), "</", name, ">")
+            obj = data.get(PROFILE_OBJECT)
+            if obj is not None:
+                out.append(f"<{PROFILE_OBJECT}>")
+                _entries(out, obj, text, key_text)
+                out.append(f"</{PROFILE_OBJECT}>")
+            out.append("</Profile>\n")
+        return "".join(out).encode()
+
+    def _elements(self, out: list[str], obj: dict[str, Any], text: _Text, key_text: _Text) -> None:
+        tags = self._tags
+        for key, value in obj.items():
+            try:
+                tag = tags[key]
+            except KeyError:
+                tag = (f"<{key}>", f"</{key}>") if _ELEMENT_NAME.fullmatch(key) else None
+                if len(tags) < _KEY_CACHE_LIMIT:
+                    tags[key] = tag
+            if tag is None:
+                out += ("<entry><key>", key_text(key), "</key><value>", text(value), "</value></entry>")
+            else:
+                out += (tag[0], text(value), tag[1])
+
+    def _text(self, value: Any) -> str:
+        return self._escape(value_text(value))
+
+    def _escape(self, text: str) -> str:
+        if _SPECIAL.search(text) is None:
+            return text
+        text, replaced = _character_data(text)
+        self.replaced_chars += replaced
+        return text
+
+
+def _entries(out: list[str], obj: dict[str, Any], text: _Text, key_text: _Text) -> None:
+    for key, value in obj.items():
+        out += ("<entry><key>", key_text(key), "</key><value>", text(value), "</value></entry>")
+
+
+def _may_need_escapes(line: bytes) -> bool:
+    """Whether a JSON text may decode to a character that needs escaping or replacing.
+
+    Those are &, <, >, CR, LF and control characters (which valid JSON holds only as backslash escapes), and
+    U+FFFE and U+FFFF. Bytes searches are much faster than a regular expression over the line.
+    """
+    return (
+        b"\\" in line
+        or b"&" in line
+        or b"<" in line
+        or b">" in line
+        or b"\xef\xbf\xbe" in line
+        or b"\xef\xbf\xbf" in line
+    )
+
+
+def _character_data(text: str) -> tuple[str, int]:
+    """Character data for `text`, and how many forbidden characters it replaced."""
+    text = (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\r", "&#13;")
+        .replace("\n", "&#10;")
+    )
+    return _FORBIDDEN.subn("\ufffd", text)
