@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import time
+import uuid
 
 import apache_beam as beam
 import orjson
@@ -35,11 +37,12 @@ def build_pipeline(
         request.ext,
         storage.open_storage(request.output).name_budget(),
     )
+    spill = spill_location(p.options, request)
     parsed = (
         p
         | "ReadTasks" >> beam.Create(list(range(len(tasks))))
         | "SpreadTasks" >> beam.Reshuffle()
-        | "ExtractSeries" >> ExtractSeries(request, tasks, file_order, budget)
+        | "ExtractSeries" >> ExtractSeries(request, tasks, file_order, budget, spill)
     )
     written = (
         parsed.series
@@ -49,7 +52,16 @@ def build_pipeline(
     dead = (parsed.dead_letters, written.dead_letters) | "AllDeadLetters" >> beam.Flatten()
     stats = (parsed.stats, written.stats) | "AllStats" >> beam.Flatten()
     sources = [{"file": f.url, "bytes": f.size} for f in files]
-    return (written.files, dead, stats) | "Finalize" >> Finalize(request, sources)
+    return (written.files, dead, stats) | "Finalize" >> Finalize(request, sources, spill)
+
+
+def spill_location(options: PipelineOptions, request: Request) -> str:
+    """Where the sorted runs go: under --temp_location when set (Dataflow needs a gs:// one), else the local
+    temporary folder. A fresh folder per launch; Finalize removes it."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    temp = options.view_as(GoogleCloudOptions).temp_location or tempfile.gettempdir()
+    return f"{temp.rstrip('/')}/ctexport-spill/{request.request_id}-{request.run_ts}-{uuid.uuid4().hex[:12]}"
 
 
 def make_runner(options: PipelineOptions):

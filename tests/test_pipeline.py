@@ -550,3 +550,30 @@ def test_recurring_run_without_timestamp_exports_the_settled_window_once(data, t
     assert sorted(p.name for p in data_files(tmp_path)) == before
     assert run(argv, now=END - 60) == 0  # before the settle delay: the window before it
     assert (tmp_path / naming.manifest_name("req_1", "20261126200000")).exists()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_streaming_merge_of_large_series_writes_the_same_bytes(data, tmp_path, capsys, monkeypatch, fmt):
+    from transforms import write
+
+    flags = ["--format", fmt, "--max_file_bytes", "9000"]
+    status, _, err = export(capsys, *flags, source=f"{data}/events-*", output=tmp_path / "memory" / "out")
+    assert status == 0, err
+    monkeypatch.setattr(write, "IN_MEMORY_SERIES_BYTES", 0)  # every series merged from its runs as a stream
+    status, _, err = export(capsys, *flags, source=f"{data}/events-*", output=tmp_path / "stream" / "out")
+    assert status == 0, err
+    a = {
+        p.relative_to(tmp_path / "memory"): p.read_bytes()
+        for p in (tmp_path / "memory").rglob("*")
+        if p.is_file()
+    }
+    b = {
+        p.relative_to(tmp_path / "stream"): p.read_bytes()
+        for p in (tmp_path / "stream").rglob("*")
+        if p.is_file()
+    }
+    manifest_path = Path("out") / naming.manifest_name("req_1", RUN_TS)
+    ma, mb = json.loads(a.pop(manifest_path)), json.loads(b.pop(manifest_path))
+    ma["request"].pop("output"), mb["request"].pop("output")
+    assert ma == mb
+    assert a == b and len(a) > 50

@@ -13,6 +13,7 @@ import apache_beam as beam
 import orjson
 
 from transforms import naming
+from transforms.runs import delete_runs
 from transforms.series import STAT_KEYS, DeadLetter
 from transforms.storage import crc32c_b64, open_storage
 
@@ -120,22 +121,27 @@ def finalize_run(
 
 
 class _Finalize(beam.DoFn):
-    def __init__(self, request, source_files: list[dict]):
+    def __init__(self, request, source_files: list[dict], spill: str):
         self._request = request
         self._source_files = source_files
+        self._spill = spill
 
     def process(self, _, files, dead, stats):
         store = open_storage(self._request.output)
-        yield finalize_run(self._request, self._source_files, list(files), list(dead), list(stats), store)
+        try:
+            yield finalize_run(self._request, self._source_files, list(files), list(dead), list(stats), store)
+        finally:
+            delete_runs(self._spill)
 
 
 class Finalize(beam.PTransform):
     """Once every file is written: dead letters, orphans, manifest. Outputs the manifest (one dict)."""
 
-    def __init__(self, request, source_files: list[dict]):
+    def __init__(self, request, source_files: list[dict], spill: str):
         super().__init__()
         self._request = request
         self._source_files = source_files
+        self._spill = spill
 
     def expand(self, pcolls):
         files, dead, stats = pcolls
@@ -145,7 +151,7 @@ class Finalize(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "WriteManifest"
             >> beam.ParDo(
-                _Finalize(self._request, self._source_files),
+                _Finalize(self._request, self._source_files, self._spill),
                 beam.pvalue.AsList(files),
                 beam.pvalue.AsList(dead),
                 beam.pvalue.AsList(stats),

@@ -139,7 +139,7 @@ class RecordChecker:
         self.local = LocalTime(timezone)
         self.run_date = run_date  # profiles' date: the run timestamp's date in the zone
         self.name_budget = event_name_budget
-        self._good_names: set[str] = set()
+        self.good_names: set[str] = set()
 
     def check(self, rec: Any) -> Good | None:
         if type(rec) is not dict:
@@ -156,7 +156,7 @@ class RecordChecker:
         captured = rec.get("capturedAt")
         if captured is None:
             captured = ts
-        if not (type(name) is str and name in self._good_names and _time(ts) and _time(captured)):
+        if not (type(name) is str and name in self.good_names and _time(ts) and _time(captured)):
             if not self._event_is_ours(rec, name, ts):
                 return None
         window = self.window
@@ -213,8 +213,8 @@ class RecordChecker:
                 return False
             e.placement = placement
             raise
-        if len(self._good_names) < 100_000:
-            self._good_names.add(name)
+        if len(self.good_names) < 100_000:
+            self.good_names.add(name)
         return True
 
     def _name_valid(self, name: str) -> bool:

@@ -1,27 +1,32 @@
 """Parse, validate and select records, keyed by series: one (event name, date), or all profiles.
 
 `ExtractSeries` reads each `ReadTask` in one DoFn call: it decodes and checks every record, keeps those in the
-run's window, renders each as its JSON data line, and emits one packed `SeriesBatch` per series per task, so the
-shuffle moves a few large byte strings instead of millions of small objects. Bad records leave on the
-`dead_letters` output with their reason and source position; each task also emits its counts on `stats`.
+run's window and renders each as its JSON data line. It sorts what it found for each series and writes it to a
+run file (`transforms/runs.py`), emitting only a small `RunRef` per series per task, so neither the shuffle
+nor any one process holds the export's bytes. Bad records leave on the `dead_letters` output with their reason
+and source position; each task also emits its counts on `stats`.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
-from array import array
-from collections.abc import Iterable
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
 
-from transforms import sources
+from transforms import runs, sources, storage
 from transforms.naming import PROFILES_NAME
 from transforms.records import BadRecord, Good, RecordChecker, decode_json, long_digit_runs
+from transforms.runs import Record, RunRef
 from transforms.sources import ReadTask
-from transforms.windows import LocalTime
+from transforms.windows import MAX_TS, LocalTime
 
 log = logging.getLogger("ctexport")
 NAMESPACE = "ctexport"
@@ -70,55 +75,38 @@ def record_text(raw: bytes | str, limit: int = RECORD_TEXT_LIMIT) -> tuple[str, 
     return data.decode("utf-8", "replace"), truncated
 
 
-class SeriesBatch(tuple):
-    """(ts, created, positions, lines, object_ids) of one series from one task, packed for the shuffle.
+class _Accumulator:
+    """What one read task found: records per series, dead letters, counts."""
 
-    ts/created/positions are `array('q')` bytes; created is b"" for events; positions hold
-    task_index << 32 | record index in the task; lines is the data lines joined by b"\\n" (a compact JSON line
-    never holds a raw newline); object_ids is a list of str for profiles, else None.
-    """
+    def __init__(self, task_index: int):
+        self.base = task_index << 32  # a record's position: task index << 32 | its index in the task
+        self.series: dict[tuple[str, str], list[Record]] = {}
+        self.dead: list[DeadLetter] = []
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
 
-    __slots__ = ()
-
-
-def pack(ts: array, created: array | None, pos: array, lines: list[bytes], ids: list[str] | None) -> tuple:
-    return (
-        ts.tobytes(),
-        created.tobytes() if created is not None else b"",
-        pos.tobytes(),
-        b"\n".join(lines),
-        ids,
-    )
-
-
-def unpack(batch: tuple) -> tuple[array, array | None, array, list[bytes], list[str] | None]:
-    ts_b, created_b, pos_b, blob, ids = batch
-    ts = array("q")
-    ts.frombytes(ts_b)
-    created = None
-    if created_b:
-        created = array("q")
-        created.frombytes(created_b)
-    pos = array("q")
-    pos.frombytes(pos_b)
-    return ts, created, pos, blob.split(b"\n") if ts else [], ids
-
-
-NO_CREATED = -1  # createdAt absent, in the packed created array
+    def add(self, good: Good, pos: int) -> None:
+        recs = self.series.get(good.key)
+        if recs is None:
+            recs = self.series[good.key] = []
+        recs.append(Record(good.ts, good.line, self.base | pos, good.created, good.object_id))
 
 
 class _ParseTask(beam.DoFn):
-    def __init__(self, request, tasks: list[ReadTask], file_order: dict[str, int], name_budget: int):
+    def __init__(
+        self, request, tasks: list[ReadTask], file_order: dict[str, int], name_budget: int, spill: str
+    ):
         self._request = request
         self._tasks = tasks
         self._file_order = file_order
         self._name_budget = name_budget
+        self._spill = spill
         self._read = beam.metrics.Metrics.counter(NAMESPACE, "records_read")
         self._bad = beam.metrics.Metrics.counter(NAMESPACE, "bad_records")
 
     def setup(self):
         r = self._request
-        run_date = LocalTime(r.timezone).date(r.run_epoch)
+        self._local = LocalTime(r.timezone)
+        run_date = self._local.date(r.run_epoch)
         self._profile_key = (PROFILES_NAME, run_date)
         self._checker = RecordChecker(
             r.export_type,
@@ -134,122 +122,228 @@ class _ParseTask(beam.DoFn):
         gc_was_enabled = gc.isenabled()
         gc.disable()  # millions of short-lived dicts: the cyclic GC would walk them all for nothing
         try:
-            yield from self._process(task_index, task)
+            acc = _Accumulator(task_index)
+            records = _TaskRecords(task, self._file_order[task.url])
+            if task.fmt == "jsonl" and self._request.export_type == "events":
+                self._events_jsonl(records, acc)
+            else:
+                self._general(records, acc)
+            runs = self._write_runs(task_index, acc)
         finally:
             if gc_was_enabled:
                 gc.enable()
+        yield from runs
+        for d in acc.dead:
+            yield pvalue.TaggedOutput(DEAD_LETTERS, d)
+        yield pvalue.TaggedOutput(STATS, acc.stats)
+        self._read.inc(acc.stats["read"])
+        self._bad.inc(acc.stats["bad"])
+        log.info(
+            "read %s: %s records, %s bad, %d series",
+            task.label,
+            f"{acc.stats['read']:,}",
+            acc.stats["bad"],
+            len(runs),
+        )
 
-    def _process(self, task_index: int, task: ReadTask):
+    def _write_runs(self, task_index: int, acc: _Accumulator) -> list[tuple]:
         profiles = self._request.export_type == "profiles"
-        acc: dict[tuple[str, str], list] = {}
-        latest: dict[str, tuple] = {}  # profiles: objectId -> (updated, line, created, pos)
-        stats = dict.fromkeys(STAT_KEYS, 0)
-        dead: list[DeadLetter] = []
-        check = self._checker.check
-        base = task_index << 32
-        records = self._records(task, task_index)
+        out = []
+        for key, recs in acc.series.items():
+            recs.sort(key=_series_order)
+            name = f"{task_index:06d}-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.run"
+            path = runs.local_path(self._spill, name)
+            if path is None:  # a gs:// spill location: write locally, then upload
+                with tempfile.TemporaryDirectory(prefix="ctexport-run-") as tmp:
+                    local = os.path.join(tmp, name)
+                    runs.write_run(local, recs, profiles)
+                    storage.open_storage(self._spill).write_file(name, local)
+                url = f"{self._spill.rstrip('/')}/{name}"
+            else:
+                runs.write_run(path, recs, profiles)
+                url = path
+            out.append((key, RunRef(url, task_index, len(recs), sum(len(r.line) for r in recs))))
+        return out
+
+    def _general(self, records: _TaskRecords, acc: _Accumulator) -> None:
+        """Any source and export type: every record through the checker."""
+        profiles = self._request.export_type == "profiles"
+        latest: dict[str, tuple[Good, int]] = {}  # profiles: objectId -> its latest version so far
+        stats = acc.stats
         for n, raw, rec in records:
             stats["read"] += 1
-            try:
-                if rec is None:
-                    rec = decode_json(raw, records.long_digits)
-                elif type(rec) is BadRecord:
-                    raise rec
-                good = check(rec)
-            except BadRecord as e:
-                stats["bad"] += 1
-                unplaced = e.placement is None and self._request.window.field is not None
-                stats["unplaced"] += unplaced
-                dead.append(self._dead_letter(task, records, n, raw, rec, e, unplaced))
-                continue
+            good = self._check(records, acc, n, raw, rec)
             if good is None:
-                stats["out_of_scope"] += 1
                 continue
-            stats["selected"] += 1
             if profiles:
                 prev = latest.get(good.object_id)
                 if prev is not None:
                     stats["superseded"] += 1
-                    if (prev[0], prev[1]) >= (good.ts, good.line):
+                    if (prev[0].ts, prev[0].line) >= (good.ts, good.line):
                         continue
-                latest[good.object_id] = (good.ts, good.line, good.created, base | n)
+                latest[good.object_id] = (good, n)
                 continue
-            self._add(acc, good, base | n)
-        if profiles:
-            for oid, (ts, line, created, pos) in latest.items():
-                self._add(acc, Good(self._profile_key, ts, created, line, oid), pos)
-        self._read.inc(stats["read"])
-        self._bad.inc(stats["bad"])
-        for key, (ts, created, pos, lines, ids) in acc.items():
-            yield key, pack(ts, created, pos, lines, ids)
-        for d in dead:
-            yield pvalue.TaggedOutput(DEAD_LETTERS, d)
-        yield pvalue.TaggedOutput(STATS, stats)
-        log.info("read %s: %d records, %d bad, %d series", task.label, stats["read"], stats["bad"], len(acc))
+            acc.add(good, n)
+        for good, n in latest.values():
+            acc.add(Good(self._profile_key, good.ts, good.created, good.line, good.object_id), n)
 
-    @staticmethod
-    def _add(acc: dict, good: Good, pos: int) -> None:
-        slot = acc.get(good.key)
-        if slot is None:
-            profiles = good.object_id is not None
-            slot = acc[good.key] = (
-                array("q"),
-                array("q") if profiles else None,
-                array("q"),
-                [],
-                [] if profiles else None,
-            )
-        slot[0].append(good.ts)
-        if slot[1] is not None:
-            slot[1].append(NO_CREATED if good.created is None else good.created)
-            slot[4].append(good.object_id)
-        slot[2].append(pos)
-        slot[3].append(good.line)
+    def _check(self, records: _TaskRecords, acc: _Accumulator, n: int, raw, rec) -> Good | None:
+        """The careful path: decode and check one record; a bad one becomes a dead letter."""
+        try:
+            if rec is None:
+                rec = decode_json(raw, records.long_digits)
+            elif type(rec) is BadRecord:
+                raise rec
+            good = self._checker.check(rec)
+        except BadRecord as e:
+            acc.stats["bad"] += 1
+            unplaced = e.placement is None and self._request.window.field is not None
+            acc.stats["unplaced"] += unplaced
+            acc.dead.append(self._dead_letter(records, n, raw, e, unplaced))
+            return None
+        if good is None:
+            acc.stats["out_of_scope"] += 1
+        else:
+            acc.stats["selected"] += 1
+        return good
 
-    def _records(self, task: ReadTask, task_index: int) -> _TaskRecords:
-        return _TaskRecords(task, self._file_order[task.url])
+    def _events_jsonl(self, records: _TaskRecords, acc: _Accumulator) -> None:
+        """Events from JSON Lines: a tight loop for records that are plainly good, the checker for the rest.
 
-    def _dead_letter(self, task, records, n, raw, rec, err: BadRecord, unplaced: bool) -> DeadLetter:
+        The fast path accepts only what the checker would accept (a name it has already approved, times in
+        range, objects that are objects) and sends everything else, bad or unusual, to `_check`.
+        """
+        loads = orjson.loads
+        dumps = orjson.dumps
+        decode_error = orjson.JSONDecodeError
+        good_names = self._checker.good_names
+        window = self._request.window
+        w_start, w_end = window.start, window.end
+        by_capture = window.field == "capturedAt"
+        selected = self._checker.events
+        minute = self._local.minute
+        minutes: dict[int, tuple[int, str] | None] = {}
+        series = acc.series
+        stats = acc.stats
+        read = selected_n = out_of_scope = 0
+        base = acc.base
+        data = records.read()
+        may_overflow = long_digit_runs(data) != []
+        for i, line in enumerate(data.split(b"\n")):
+            try:
+                rec = loads(line)
+            except decode_error:
+                if not line.strip():
+                    continue  # a blank line is not a record
+                rec = None
+            read += 1
+            if type(rec) is dict:
+                name = rec.get("eventName")
+                ts = rec.get("ts")
+                cap = rec.get("capturedAt", ts)
+                if cap is None:
+                    cap = ts
+                profile = rec.get("profile")
+                device = rec.get("deviceInfo")
+                props = rec.get("eventProps")
+                if (
+                    type(name) is str
+                    and name in good_names
+                    and type(ts) is int
+                    and 0 <= ts < MAX_TS
+                    and type(cap) is int
+                    and 0 <= cap < MAX_TS
+                    and (profile is None or type(profile) is dict)
+                    and (device is None or type(device) is dict)
+                    and (props is None or type(props) is dict)
+                    and not (may_overflow and records.line_may_overflow(line))
+                ):
+                    placed = cap if by_capture else ts
+                    if not w_start <= placed < w_end or (selected is not None and name not in selected):
+                        out_of_scope += 1
+                        continue
+                    m = ts // 60
+                    cached = minutes.get(m, 0)
+                    if cached == 0:
+                        cached = minutes[m] = minute(m)
+                    if cached is None:
+                        stamp, date = self._local.stamp_and_date(ts)
+                    else:
+                        stamp, date = cached[0] + ts - m * 60, cached[1]
+                    if profile is not None and device is not None and props is not None:
+                        out = {"profile": profile, "ts": stamp, "deviceInfo": device, "eventProps": props}
+                    else:
+                        out = {}
+                        if profile is not None:
+                            out["profile"] = profile
+                        out["ts"] = stamp
+                        if device is not None:
+                            out["deviceInfo"] = device
+                        if props is not None:
+                            out["eventProps"] = props
+                    key = (name, date)
+                    recs = series.get(key)
+                    if recs is None:
+                        recs = series[key] = []
+                    recs.append(Record(ts, dumps(out), base | i))
+                    selected_n += 1
+                    continue
+            records.long_digits = may_overflow
+            good = self._check(records, acc, i, line, None)
+            if good is not None:
+                acc.add(good, i)
+        stats["read"] += read
+        stats["selected"] += selected_n
+        stats["out_of_scope"] += out_of_scope
+
+    def _dead_letter(self, records: _TaskRecords, n: int, raw, err: BadRecord, unplaced: bool) -> DeadLetter:
         kind, position, order = records.position(n)
         text, truncated = record_text(raw if raw is not None else sources.row_text(records.current_row))
+        task = records.task
         return DeadLetter(order, task.url, kind, position, err.reason, err.detail, text, truncated, unplaced)
 
 
+def _series_order(r: Record) -> tuple[int, bytes]:
+    return (r.ts, r.line)
+
+
 class _TaskRecords:
-    """Iterates (index in task, raw bytes or None, decoded row or None) and maps an index to its position."""
+    """The records of one read task, and where each came from.
+
+    A JSON Lines record is known by its index among the task's lines (blank ones included), so its line number
+    is the lines before the task's range plus that index plus one. An Avro or Parquet record is known by its
+    record number in the file, from 1.
+    """
 
     def __init__(self, task: ReadTask, file_index: int):
         self.task = task
         self.file_index = file_index
-        self._offsets: list[int] | None = None
         self._base_line: int | None = None
         self._begin = 0
+        self._data = b""
         self.long_digits = True  # the current line may hold a run of 19 digits
+        self.current_row = None
 
-    def __iter__(self) -> Iterable[tuple[int, bytes | None, object]]:
-        task = self.task
-        if task.fmt == "jsonl":
-            data, self._begin = sources.read_lines(task)
-            self._data = data
-            runs = long_digit_runs(data)
-            runs.append(len(data) + 1)
-            r = 0
-            n = 0
-            start = 0
-            self._line_starts: list[int] = []
-            for line in data.split(b"\n"):
-                here = start
-                start += len(line) + 1
+    def read(self) -> bytes:
+        self._data, self._begin = sources.read_lines(self.task)
+        return self._data
+
+    @staticmethod
+    def line_may_overflow(line: bytes) -> bool:
+        return long_digit_runs(line) != []
+
+    def __iter__(self) -> Iterator[tuple[int, bytes | None, object]]:
+        """(position, raw line or None, None or a decoded row or the BadRecord decoding it raised)."""
+        if self.task.fmt == "jsonl":
+            data = self.read()
+            may_overflow = long_digit_runs(data) != []
+            for i, line in enumerate(data.split(b"\n")):
                 if not line.strip():
                     continue
-                n += 1
-                self._line_starts.append(here)
-                while runs[r] < here:
-                    r += 1
-                self.long_digits = runs[r] < start
-                yield n, line, None
+                self.long_digits = may_overflow and self.line_may_overflow(line)
+                yield i, line, None
         else:
-            for n, row in sources.iter_rows(task):
+            for n, row in sources.iter_rows(self.task):
                 try:
                     rec = sources.decode_row(row)
                 except BadRecord as e:
@@ -257,42 +351,50 @@ class _TaskRecords:
                 self.current_row = row
                 yield n, None, rec
 
-    def position(self, n: int) -> tuple[str, int, tuple[int, int]]:
+    def position(self, n: int) -> tuple[str, int, tuple[int, int, int]]:
         """("line", line number, order) for JSON Lines; ("record", record number, order) for rows."""
         if self.task.fmt != "jsonl":
-            return "record", n, (self.file_index, n)
-        offset_in_data = self._line_starts[n - 1]
+            return "record", n, (self.file_index, 0, n)
         if self._base_line is None:
             self._base_line = sources.lines_before(self.task.url, self._begin) if self._begin else 0
-        line_no = self._base_line + self._data.count(b"\n", 0, offset_in_data) + 1
-        return "line", line_no, (self.file_index, self._begin + offset_in_data)
+        return "line", self._base_line + n + 1, (self.file_index, self._begin, n)
 
 
-class ExtractSeries(beam.PTransform):
-    """Read tasks (their indexes) -> (series key, SeriesBatch); tagged outputs dead_letters and stats."""
-
-    def __init__(self, request, tasks: list[ReadTask], file_order: dict[str, int], name_budget: int):
-        super().__init__()
-        self._request = request
-        self._tasks = tasks
-        self._file_order = file_order
-        self._name_budget = name_budget
-
-    def expand(self, task_indexes):
-        return task_indexes | "ParseValidateSelect" >> beam.ParDo(
-            _ParseTask(self._request, self._tasks, self._file_order, self._name_budget)
-        ).with_outputs(DEAD_LETTERS, STATS, main="series")
-
-
-def source_record(task: ReadTask, file_index: int, n: int) -> tuple[str, int, tuple[int, int], str, bool]:
+def source_record(task: ReadTask, file_index: int, n: int) -> tuple[str, int, tuple, str, bool]:
     """Read record `n` of a task again, for a dead letter found after the shuffle (rare: a record too large).
 
     Returns (position kind, position, order, text, truncated).
     """
     records = _TaskRecords(task, file_index)
-    for k, raw, _rec in records:
-        if k == n:
+    if task.fmt == "jsonl":
+        lines = records.read().split(b"\n")
+        if n < len(lines):
             kind, position, order = records.position(n)
-            text, truncated = record_text(raw if raw is not None else sources.row_text(records.current_row))
+            text, truncated = record_text(lines[n])
             return kind, position, order, text, truncated
+    else:
+        for k, _raw, _rec in records:
+            if k == n:
+                kind, position, order = records.position(n)
+                text, truncated = record_text(sources.row_text(records.current_row))
+                return kind, position, order, text, truncated
     raise LookupError(f"record {n} of {task.label} is gone: the source changed during the export")
+
+
+class ExtractSeries(beam.PTransform):
+    """Read tasks (their indexes) -> (series key, RunRef); tagged outputs dead_letters and stats."""
+
+    def __init__(
+        self, request, tasks: list[ReadTask], file_order: dict[str, int], name_budget: int, spill: str
+    ):
+        super().__init__()
+        self._request = request
+        self._tasks = tasks
+        self._file_order = file_order
+        self._name_budget = name_budget
+        self._spill = spill
+
+    def expand(self, task_indexes):
+        return task_indexes | "ParseValidateSelect" >> beam.ParDo(
+            _ParseTask(self._request, self._tasks, self._file_order, self._name_budget, self._spill)
+        ).with_outputs(DEAD_LETTERS, STATS, main="series")

@@ -132,6 +132,17 @@ class LocalTime:
         day = (t.tm_year * 100 + t.tm_mon) * 100 + t.tm_mday
         return ((day * 100 + t.tm_hour) * 100 + t.tm_min) * 100 + t.tm_sec, str(day)
 
+    def minute(self, m: int) -> tuple[int, str] | None:
+        """(yyyymmddHHMM00 as an integer, yyyymmdd) of minute m (epoch minutes), or None when the zone's
+        offset changes inside it or is not whole minutes (then render each second with `stamp_and_date`).
+        """
+        ts = m * 60
+        if self._tz is not None:
+            off = self._offset(ts)
+            if off % 60 or self._offset(ts + 59) != off:
+                return None
+        return self.stamp_and_date(ts)
+
     def date(self, ts: int) -> str:
         t = self._tm(ts)
         return str((t.tm_year * 100 + t.tm_mon) * 100 + t.tm_mday)

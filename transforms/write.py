@@ -19,16 +19,16 @@ import shutil
 import tempfile
 import zlib
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam import pvalue
 
-from transforms import naming
+from transforms import naming, runs
 from transforms.formats.base import EVENTS, PROFILES, Item, SeriesContext
 from transforms.records import TOO_LARGE
-from transforms.series import DEAD_LETTERS, NAMESPACE, STATS, DeadLetter, source_record, unpack
+from transforms.series import DEAD_LETTERS, NAMESPACE, STATS, DeadLetter, source_record
 from transforms.storage import crc32c_b64, open_storage
 
 log = logging.getLogger("ctexport")
@@ -36,6 +36,8 @@ log = logging.getLogger("ctexport")
 GZIP_LEVEL = 6
 _FEED_BYTES = 1 << 18
 PARQUET_GROUP_ROWS = 20_000
+# A series up to this many bytes of data lines is sorted in memory; a larger one is merged as a stream.
+IN_MEMORY_SERIES_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -268,12 +270,13 @@ class SeriesOptions:
 
 
 def write_series(
-    key: tuple[str, str], items: list[Item], opts: SeriesOptions, upload
+    key: tuple[str, str], items: Iterable[Item], opts: SeriesOptions, upload, scan=None
 ) -> Iterator[tuple[str, dict] | tuple[str, int]]:
     """Encode, roll and upload one sorted series.
 
     Yields ("file", info) for each object written and ("too_large", index in items) for records that cannot fit
-    a file alone. `upload(name, path)` stores a spool file under its object name.
+    a file alone. `upload(name, path)` stores a spool file under its object name. `items` may be a stream; then
+    `scan()` gives the series once more, in any order, for the CSV header or the Parquet schema.
     """
     event_name, date = key
     kind = PROFILES if opts.kind == "profiles" else EVENTS
@@ -281,11 +284,11 @@ def write_series(
     spool = tempfile.mkdtemp(prefix="ctexport-")
     try:
         if opts.fmt == "parquet":
-            chunks = roll_parquet(items, ctx, opts.compression, opts.max_file_bytes, spool)
+            chunks = roll_parquet(list(items), ctx, opts.compression, opts.max_file_bytes, spool)
         else:
             from transforms.formats.values import text_encoder
 
-            encoder = text_encoder(opts.fmt, ctx, items)
+            encoder = text_encoder(opts.fmt, ctx, scan() if scan is not None else items)
             chunks = roll_text(items, encoder, opts.compression == "gzip", opts.max_file_bytes, spool)
         index = 0
         for chunk in chunks:
@@ -317,7 +320,7 @@ def write_series(
 
 
 class _WriteSeries(beam.DoFn):
-    """(series key, [SeriesBatch]) -> file infos; records too large for a file go to the dead letters."""
+    """(series key, [RunRef]) -> file infos; records too large for a file go to the dead letters."""
 
     def __init__(self, request, opts: SeriesOptions, tasks: list, file_order: dict[str, int]):
         self._request = request
@@ -331,23 +334,38 @@ class _WriteSeries(beam.DoFn):
         self._store = open_storage(self._request.output)
 
     def process(self, element):
-        key, batches = element
-        ts, created, pos, lines, ids = array("q"), None, array("q"), [], None
-        for batch in batches:
-            b_ts, b_created, b_pos, b_lines, b_ids = unpack(batch)
-            ts.extend(b_ts)
-            pos.extend(b_pos)
-            lines.extend(b_lines)
-            if b_created is not None:
-                created = created if created is not None else array("q")
-                created.extend(b_created)
-                ids = ids if ids is not None else []
-                ids.extend(b_ids)
-        del batches
-        items, positions, superseded = sort_series(ts, created, pos, lines, ids)
-        del ts, created, pos, lines, ids
+        key, refs = element
+        refs = sorted(refs, key=lambda r: r.task)
+        superseded = 0
+        positions = array("q")
+        scan = None
+        if self._opts.kind == "profiles":
+            records = [r for ref in refs for r in runs.read_run(ref.url)]
+            ts = [r.ts for r in records]
+            created = array("q", [-1 if r.created is None else r.created for r in records])
+            items, pos, superseded = sort_series(
+                ts,
+                created,
+                [r.pos for r in records],
+                [r.line for r in records],
+                [r.object_id for r in records],
+            )
+            positions.extend(pos)
+            del records, ts, created
+        elif self._opts.fmt == "parquet" or sum(r.nbytes for r in refs) <= IN_MEMORY_SERIES_BYTES:
+            records = [r for ref in refs for r in runs.read_run(ref.url)]
+            records.sort(key=_order)  # the runs are sorted: Timsort merges them
+            items = [Item(r.ts, None, r.line) for r in records]
+            positions.extend(r.pos for r in records)
+            del records
+        else:  # a large series: merge the runs as a stream; the header pass reads them once more
+            items = _merged_items(refs, positions)
+
+            def scan():
+                return (Item(r.ts, None, r.line) for ref in refs for r in runs.read_run(ref.url))
+
         written = 0
-        for kind, value in write_series(key, items, self._opts, self._store.write_file):
+        for kind, value in write_series(key, items, self._opts, self._store.write_file, scan):
             if kind == "file":
                 self._files.inc()
                 self._records.inc(value["records"])
@@ -365,6 +383,16 @@ class _WriteSeries(beam.DoFn):
         r = self._request
         detail = f"the record alone makes a {r.format} file larger than --max_file_bytes {r.max_file_bytes}"
         return DeadLetter(order, task.url, kind, position, TOO_LARGE, detail, text, truncated, False)
+
+
+def _order(r) -> tuple[int, bytes]:
+    return (r.ts, r.line)
+
+
+def _merged_items(refs: list, positions: array) -> Iterator[Item]:
+    for r in runs.merged(refs):
+        positions.append(r.pos)
+        yield Item(r.ts, None, r.line)
 
 
 class WriteSeries(beam.PTransform):
