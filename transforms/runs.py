@@ -101,9 +101,10 @@ def read_run(url: str) -> Iterator[Record]:
             blob = _read_exact(f, sum(lengths))
             o = 0
             if created is None:
+                make = Record._make
                 for k in range(count):
                     n = lengths[k]
-                    yield Record(ts[k], blob[o : o + n], pos[k])
+                    yield make((ts[k], blob[o : o + n], pos[k], None, None))
                     o += n
             else:
                 for k in range(count):
@@ -118,8 +119,8 @@ def merged(refs: list[RunRef]) -> Iterator[Record]:
     refs = sorted(refs, key=lambda r: r.task)
     if len(refs) == 1:
         return read_run(refs[0].url)
-    # Records compare by (ts, line, pos): pos breaks exact duplicates the same way every time.
-    return heapq.merge(*(read_run(r.url) for r in refs), key=lambda r: (r.ts, r.line))
+    # Records compare by (ts, line, position): the position orders identical records the same way every time.
+    return heapq.merge(*(read_run(r.url) for r in refs))
 
 
 def delete_runs(spill: str) -> None:

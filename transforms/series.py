@@ -150,7 +150,7 @@ class _ParseTask(beam.DoFn):
         profiles = self._request.export_type == "profiles"
         out = []
         for key, recs in acc.series.items():
-            recs.sort(key=_series_order)
+            recs.sort()  # by (ts, line, position): series order, and a fixed order for identical records
             name = f"{task_index:06d}-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.run"
             path = runs.local_path(self._spill, name)
             if path is None:  # a gs:// spill location: write locally, then upload
@@ -301,10 +301,6 @@ class _ParseTask(beam.DoFn):
         text, truncated = record_text(raw if raw is not None else sources.row_text(records.current_row))
         task = records.task
         return DeadLetter(order, task.url, kind, position, err.reason, err.detail, text, truncated, unplaced)
-
-
-def _series_order(r: Record) -> tuple[int, bytes]:
-    return (r.ts, r.line)
 
 
 class _TaskRecords:

@@ -136,9 +136,12 @@ def _single_size(header: bytes, data: bytes, footer: bytes, gzip: bool) -> int:
 
 
 def roll_text(
-    items: Sequence[Item], encoder, gzip: bool, max_bytes: int, spool: str
+    items: Iterable[Item], encoder, gzip: bool, max_bytes: int, spool: str
 ) -> Iterator[Chunk | int]:
     """Yield the series' files as `Chunk`s, and the index of each record too large for any file alone."""
+    if not gzip:
+        yield from _roll_plain(items, encoder, max_bytes, spool)
+        return
     header, footer = encoder.header(), encoder.footer()
     cur: _TextFile | None = None
     first = 0
@@ -173,6 +176,46 @@ def roll_text(
         cur.add(data)
     if cur is not None:
         yield Chunk(cur.path, cur.close(footer), first, cur.count, encoder.replaced_chars - replaced_at_open)
+
+
+def _roll_plain(items: Iterable[Item], encoder, max_bytes: int, spool: str) -> Iterator[Chunk | int]:
+    """Uncompressed text: sizes are exact, so the greedy cut is plain arithmetic (the hot loop of a JSON export)."""
+    header, footer = encoder.header(), encoder.footer()
+    tail = len(footer)
+    encode = encoder.encode
+    f = None
+    buf: list[bytes] = []
+    size = count = first = n_files = replaced_at_open = 0
+    for i, item in enumerate(items):
+        before = encoder.replaced_chars
+        data = encode(item)
+        n = len(data)
+        if f is not None and size + n + tail > max_bytes:
+            buf.append(footer)
+            f.write(b"".join(buf))
+            f.close()
+            yield Chunk(f.name, size + tail, first, count, before - replaced_at_open)
+            f = None
+        if f is None:
+            if len(header) + n + tail > max_bytes:
+                encoder.replaced_chars = before
+                yield i
+                continue
+            f = open(os.path.join(spool, f"{n_files}.part"), "wb")
+            n_files += 1
+            buf = [header]
+            size, count, first, replaced_at_open = len(header), 0, i, before
+        buf.append(data)
+        size += n
+        count += 1
+        if len(buf) >= 4096:
+            f.write(b"".join(buf))
+            buf.clear()
+    if f is not None:
+        buf.append(footer)
+        f.write(b"".join(buf))
+        f.close()
+        yield Chunk(f.name, size + tail, first, count, encoder.replaced_chars - replaced_at_open)
 
 
 def roll_parquet(
@@ -354,9 +397,10 @@ class _WriteSeries(beam.DoFn):
             del records, ts, created
         elif self._opts.fmt == "parquet" or sum(r.nbytes for r in refs) <= IN_MEMORY_SERIES_BYTES:
             records = [r for ref in refs for r in runs.read_run(ref.url)]
-            records.sort(key=_order)  # the runs are sorted: Timsort merges them
-            items = [Item(r.ts, None, r.line) for r in records]
-            positions.extend(r.pos for r in records)
+            records.sort()  # by (ts, line, position); the runs are sorted already, so Timsort merges them
+            make = Item._make
+            items = [make((r[0], None, r[1])) for r in records]
+            positions.extend([r[2] for r in records])
             del records
         else:  # a large series: merge the runs as a stream; the header pass reads them once more
             items = _merged_items(refs, positions)
@@ -383,10 +427,6 @@ class _WriteSeries(beam.DoFn):
         r = self._request
         detail = f"the record alone makes a {r.format} file larger than --max_file_bytes {r.max_file_bytes}"
         return DeadLetter(order, task.url, kind, position, TOO_LARGE, detail, text, truncated, False)
-
-
-def _order(r) -> tuple[int, bytes]:
-    return (r.ts, r.line)
 
 
 def _merged_items(refs: list, positions: array) -> Iterator[Item]:
