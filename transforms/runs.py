@@ -18,6 +18,7 @@ import os
 import struct
 from array import array
 from collections.abc import Iterator
+from itertools import accumulate, chain, repeat
 from typing import NamedTuple
 
 from transforms import storage
@@ -25,6 +26,7 @@ from transforms import storage
 FRAME_RECORDS = 8192
 _HEAD = struct.Struct("<IB")
 _NO_CREATED = -1
+_new_tuple = tuple.__new__  # builds a Record from a tuple in C, without NamedTuple's Python-level _make
 
 
 class RunRef(NamedTuple):
@@ -45,16 +47,19 @@ class Record(NamedTuple):
 
 
 def _frame(records: list[Record], profiles: bool) -> bytes:
-    ts = array("q", [r.ts for r in records])
-    pos = array("q", [r.pos for r in records])
-    lengths = array("I", [len(r.line) for r in records])
-    parts = [_HEAD.pack(len(records), 1 if profiles else 0), ts.tobytes(), pos.tobytes(), lengths.tobytes()]
+    ts, lines, pos, created, ids = zip(*records, strict=True)
+    parts = [
+        _HEAD.pack(len(records), 1 if profiles else 0),
+        array("q", ts).tobytes(),
+        array("q", pos).tobytes(),
+        array("I", map(len, lines)).tobytes(),
+    ]
     if profiles:
-        parts.append(array("q", [_NO_CREATED if r.created is None else r.created for r in records]).tobytes())
-        ids = [r.object_id.encode("utf-8") for r in records]
-        parts.append(array("I", [len(i) for i in ids]).tobytes())
-        parts.append(b"".join(ids))
-    parts.append(b"".join(r.line for r in records))
+        parts.append(array("q", [_NO_CREATED if c is None else c for c in created]).tobytes())
+        encoded = [i.encode("utf-8") for i in ids]
+        parts.append(array("I", map(len, encoded)).tobytes())
+        parts.append(b"".join(encoded))
+    parts.append(b"".join(lines))
     return b"".join(parts)
 
 
@@ -101,11 +106,11 @@ def read_run(url: str) -> Iterator[Record]:
             blob = _read_exact(f, sum(lengths))
             o = 0
             if created is None:
-                make = Record._make
-                for k in range(count):
-                    n = lengths[k]
-                    yield make((ts[k], blob[o : o + n], pos[k], None, None))
-                    o += n
+                ends = list(accumulate(lengths))
+                lines = [blob[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
+                yield from map(
+                    _new_tuple, repeat(Record), zip(ts, lines, pos, repeat(None), repeat(None), strict=False)
+                )
             else:
                 for k in range(count):
                     n = lengths[k]

@@ -35,6 +35,15 @@ UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
 READ_CHUNK_BYTES = 8 * 1024 * 1024
 # A 410 on a resumable upload means its session is gone: start the upload again, this many times in all.
 _UPLOAD_ATTEMPTS = 3
+# Retries of every GCS call (DESIGN.md, "GCS facts"): 408, 429, 5xx, connection resets and timeouts are
+# retried with exponential backoff and jitter (RETRY_INITIAL_S, doubling up to RETRY_MAX_S) for at most
+# RETRY_DEADLINE_S per call; each HTTP request waits at most REQUEST_TIMEOUT_S for an answer. A fault that
+# outlasts the deadline fails the call with its last error, so the run fails (exit 1) instead of hanging.
+# Module-level so tests (and a worker's setup) can shrink them; they are read at each call.
+RETRY_INITIAL_S = 1.0
+RETRY_MAX_S = 30.0
+RETRY_DEADLINE_S = 120.0
+REQUEST_TIMEOUT_S = 60.0
 _TMP_MARK = ".ctexport-tmp-"
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -89,9 +98,17 @@ def _client_for(endpoint: str | None, pid: int) -> Client:
 
 
 def _retry():
+    """google-cloud-storage's retry predicate with this module's backoff and deadline."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    return DEFAULT_RETRY
+    return DEFAULT_RETRY.with_delay(
+        initial=RETRY_INITIAL_S, maximum=RETRY_MAX_S, multiplier=2.0
+    ).with_timeout(RETRY_DEADLINE_S)
+
+
+def _calls() -> dict:
+    """Keyword arguments of every GCS call: the retry policy and the per-request timeout."""
+    return {"retry": _retry(), "timeout": REQUEST_TIMEOUT_S}
 
 
 def crc32c_b64(data_or_path: bytes | bytearray | memoryview | str | os.PathLike) -> str:
@@ -197,35 +214,40 @@ class GcsStorage(Storage):
         blob.chunk_size = UPLOAD_CHUNK_BYTES
         return blob
 
-    def write_bytes(self, name: str, data: bytes) -> None:
-        self._blob(name).upload_from_string(data, content_type=content_type(name), retry=_retry())
-
-    def write_file(self, name: str, local_path: str) -> None:
+    def _upload(self, name: str, upload) -> None:
+        """`upload(blob)` with a fresh upload on a 410 (a resumable session that is gone), up to
+        _UPLOAD_ATTEMPTS in all; other errors are retried inside the call (`_calls`)."""
         from google.api_core.exceptions import ClientError
 
         for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
             try:
-                self._blob(name).upload_from_filename(
-                    local_path, content_type=content_type(name), retry=_retry()
-                )
+                upload(self._blob(name))
                 return
             except ClientError as e:
                 if e.code != 410 or attempt == _UPLOAD_ATTEMPTS:
                     raise
 
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self._upload(name, lambda b: b.upload_from_string(data, content_type=content_type(name), **_calls()))
+
+    def write_file(self, name: str, local_path: str) -> None:
+        self._upload(
+            name, lambda b: b.upload_from_filename(local_path, content_type=content_type(name), **_calls())
+        )
+
     def read_bytes(self, name: str) -> bytes:
         from google.api_core.exceptions import NotFound
 
         try:
-            return self._blob(name).download_as_bytes(retry=_retry())
+            return self._blob(name).download_as_bytes(**_calls())
         except NotFound as e:
             raise FileNotFoundError(f"{self.display(name)} does not exist") from e
 
     def exists(self, name: str) -> bool:
-        return self._blob(name).exists(retry=_retry())
+        return self._blob(name).exists(**_calls())
 
     def list(self, prefix: str) -> list[ObjectInfo]:
-        blobs = gcs_client().list_blobs(self.bucket_name, prefix=self._root + prefix, retry=_retry())
+        blobs = gcs_client().list_blobs(self.bucket_name, prefix=self._root + prefix, **_calls())
         cut = len(self._root)
         infos = [ObjectInfo(b.name[cut:], int(b.size or 0), b.crc32c or "") for b in blobs]
         return sorted(infos, key=lambda i: i.name)
@@ -234,7 +256,7 @@ class GcsStorage(Storage):
         from google.api_core.exceptions import NotFound
 
         try:
-            self._blob(name).delete(retry=_retry())
+            self._blob(name).delete(**_calls())
         except NotFound:
             pass
 
@@ -246,7 +268,7 @@ class GcsStorage(Storage):
         if name != name.lower():  # GCS refuses upper case in bucket names, so no such bucket can exist
             return f"{missing} (bucket names are lower case)"
         try:
-            bucket = gcs_client().get_bucket(name, retry=_retry())
+            bucket = gcs_client().get_bucket(name, **_calls())
         except gx.NotFound:
             return missing
         except gx.BadRequest:
@@ -254,7 +276,7 @@ class GcsStorage(Storage):
         except gx.Forbidden:
             # No storage.buckets.get: the object permissions the export needs may still be there.
             try:
-                next(iter(gcs_client().list_blobs(name, max_results=1, retry=_retry())), None)
+                next(iter(gcs_client().list_blobs(name, max_results=1, **_calls())), None)
             except gx.NotFound:
                 return missing
             except gx.Forbidden:
@@ -436,11 +458,11 @@ def _expand_gcs(pattern: str) -> list[SourceFile]:
     wildcard = _GLOB_CHARS.search(path)
     try:
         if wildcard is None:
-            blob = gcs_client().bucket(bucket).get_blob(path, retry=_retry())
+            blob = gcs_client().bucket(bucket).get_blob(path, **_calls())
             return [SourceFile(pattern, int(blob.size or 0))] if blob is not None else []
         regex = _glob_regex(path)
         literal = path[: wildcard.start()]
-        blobs = gcs_client().list_blobs(bucket, prefix=literal, retry=_retry())
+        blobs = gcs_client().list_blobs(bucket, prefix=literal, **_calls())
         return [
             SourceFile(f"gs://{bucket}/{b.name}", int(b.size or 0))
             for b in blobs
@@ -482,7 +504,7 @@ def read_range(url: str, start: int, end: int) -> bytes:
     bucket, path = split_gcs_url(url)
     blob = gcs_client().bucket(bucket).blob(path)
     try:
-        return blob.download_as_bytes(start=start, end=end - 1, retry=_retry())  # `end` is inclusive there
+        return blob.download_as_bytes(start=start, end=end - 1, **_calls())  # `end` is inclusive there
     except RequestRangeNotSatisfiable:  # start at or past the end
         return b""
 
@@ -493,4 +515,4 @@ def open_read(url: str) -> BinaryIO:
         return open(url, "rb")
     bucket, path = split_gcs_url(url)
     blob = gcs_client().bucket(bucket).blob(path)
-    return blob.open("rb", chunk_size=READ_CHUNK_BYTES, retry=_retry())
+    return blob.open("rb", chunk_size=READ_CHUNK_BYTES, **_calls())

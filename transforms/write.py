@@ -27,6 +27,7 @@ from apache_beam import pvalue
 
 from transforms import naming, runs
 from transforms.formats.base import EVENTS, PROFILES, Item, SeriesContext
+from transforms.formats.json import JsonEncoder
 from transforms.records import TOO_LARGE
 from transforms.series import DEAD_LETTERS, NAMESPACE, STATS, DeadLetter, source_record
 from transforms.storage import crc32c_b64, open_storage
@@ -182,6 +183,9 @@ def _roll_plain(items: Iterable[Item], encoder, max_bytes: int, spool: str) -> I
     """Uncompressed text: sizes are exact, so the greedy cut is plain arithmetic (the hot loop of a JSON export)."""
     header, footer = encoder.header(), encoder.footer()
     tail = len(footer)
+    if isinstance(encoder, JsonEncoder):
+        yield from _roll_json(items, header, max_bytes, spool)
+        return
     encode = encoder.encode
     f = None
     buf: list[bytes] = []
@@ -216,6 +220,37 @@ def _roll_plain(items: Iterable[Item], encoder, max_bytes: int, spool: str) -> I
         f.write(b"".join(buf))
         f.close()
         yield Chunk(f.name, size + tail, first, count, encoder.replaced_chars - replaced_at_open)
+
+
+def _roll_json(items: Iterable, header: bytes, max_bytes: int, spool: str) -> Iterator[Chunk | int]:
+    """JSON: a record is its data line and a newline, so a file is the header and its lines joined."""
+    lines: list[bytes] = []
+    size = first = n_files = 0
+    h = len(header)
+
+    def flush() -> Chunk:
+        path = os.path.join(spool, f"{n_files}.part")
+        with open(path, "wb") as f:
+            f.write(header)
+            f.write(b"\n".join(lines))
+            f.write(b"\n")
+        return Chunk(path, size, first, len(lines), 0)
+
+    for i, item in enumerate(items):
+        n = len(item.line) + 1
+        if lines and size + n > max_bytes:
+            yield flush()
+            n_files += 1
+            lines = []
+        if not lines:
+            if h + n > max_bytes:
+                yield i
+                continue
+            size, first = h, i
+        lines.append(item.line)
+        size += n
+    if lines:
+        yield flush()
 
 
 def roll_parquet(
@@ -398,15 +433,13 @@ class _WriteSeries(beam.DoFn):
         elif self._opts.fmt == "parquet" or sum(r.nbytes for r in refs) <= IN_MEMORY_SERIES_BYTES:
             records = [r for ref in refs for r in runs.read_run(ref.url)]
             records.sort()  # by (ts, line, position); the runs are sorted already, so Timsort merges them
-            make = Item._make
-            items = [make((r[0], None, r[1])) for r in records]
+            items = records  # a Record has the ts, line and created an encoder reads
             positions.extend([r[2] for r in records])
-            del records
         else:  # a large series: merge the runs as a stream; the header pass reads them once more
             items = _merged_items(refs, positions)
 
             def scan():
-                return (Item(r.ts, None, r.line) for ref in refs for r in runs.read_run(ref.url))
+                return (r for ref in refs for r in runs.read_run(ref.url))
 
         written = 0
         for kind, value in write_series(key, items, self._opts, self._store.write_file, scan):
@@ -429,10 +462,10 @@ class _WriteSeries(beam.DoFn):
         return DeadLetter(order, task.url, kind, position, TOO_LARGE, detail, text, truncated, False)
 
 
-def _merged_items(refs: list, positions: array) -> Iterator[Item]:
+def _merged_items(refs: list, positions: array) -> Iterator:
     for r in runs.merged(refs):
         positions.append(r.pos)
-        yield Item(r.ts, None, r.line)
+        yield r
 
 
 class WriteSeries(beam.PTransform):
