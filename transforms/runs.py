@@ -46,7 +46,7 @@ class Record(NamedTuple):
     object_id: str | None = None
 
 
-def _frame(records: list[Record], profiles: bool) -> bytes:
+def _frame(records: list[tuple], profiles: bool) -> tuple[bytes, int]:
     ts, lines, pos, created, ids = zip(*records, strict=True)
     parts = [
         _HEAD.pack(len(records), 1 if profiles else 0),
@@ -59,16 +59,21 @@ def _frame(records: list[Record], profiles: bool) -> bytes:
         encoded = [i.encode("utf-8") for i in ids]
         parts.append(array("I", map(len, encoded)).tobytes())
         parts.append(b"".join(encoded))
-    parts.append(b"".join(lines))
-    return b"".join(parts)
+    blob = b"".join(lines)
+    parts.append(blob)
+    return b"".join(parts), len(blob)
 
 
-def write_run(path: str, records: list[Record], profiles: bool) -> int:
-    """Write sorted records to a local file; returns its size."""
+def write_run(path: str, records: list[tuple], profiles: bool) -> int:
+    """Write sorted records (Records, or plain tuples of their fields) to a local file; returns the bytes of
+    their data lines."""
+    nbytes = 0
     with open(path, "wb") as f:
         for s in range(0, len(records), FRAME_RECORDS):
-            f.write(_frame(records[s : s + FRAME_RECORDS], profiles))
-        return f.tell()
+            frame, n = _frame(records[s : s + FRAME_RECORDS], profiles)
+            f.write(frame)
+            nbytes += n
+    return nbytes
 
 
 def _read_exact(f, n: int) -> bytes:

@@ -24,7 +24,7 @@ from apache_beam import pvalue
 from transforms import runs, sources, storage
 from transforms.naming import PROFILES_NAME
 from transforms.records import BadRecord, Good, RecordChecker, decode_json, long_digit_runs
-from transforms.runs import Record, RunRef
+from transforms.runs import RunRef
 from transforms.sources import ReadTask
 from transforms.windows import MAX_TS, LocalTime
 
@@ -80,7 +80,7 @@ class _Accumulator:
 
     def __init__(self, task_index: int):
         self.base = task_index << 32  # a record's position: task index << 32 | its index in the task
-        self.series: dict[tuple[str, str], list[Record]] = {}
+        self.series: dict[tuple[str, str], list[tuple]] = {}
         self.dead: list[DeadLetter] = []
         self.stats = dict.fromkeys(STAT_KEYS, 0)
 
@@ -88,7 +88,7 @@ class _Accumulator:
         recs = self.series.get(good.key)
         if recs is None:
             recs = self.series[good.key] = []
-        recs.append(Record(good.ts, good.line, self.base | pos, good.created, good.object_id))
+        recs.append((good.ts, good.line, self.base | pos, good.created, good.object_id))  # a Record's fields
 
 
 class _ParseTask(beam.DoFn):
@@ -156,13 +156,13 @@ class _ParseTask(beam.DoFn):
             if path is None:  # a gs:// spill location: write locally, then upload
                 with tempfile.TemporaryDirectory(prefix="ctexport-run-") as tmp:
                     local = os.path.join(tmp, name)
-                    runs.write_run(local, recs, profiles)
+                    nbytes = runs.write_run(local, recs, profiles)
                     storage.open_storage(self._spill).write_file(name, local)
                 url = f"{self._spill.rstrip('/')}/{name}"
             else:
-                runs.write_run(path, recs, profiles)
+                nbytes = runs.write_run(path, recs, profiles)
                 url = path
-            out.append((key, RunRef(url, task_index, len(recs), sum(len(r.line) for r in recs))))
+            out.append((key, RunRef(url, task_index, len(recs), nbytes)))
         return out
 
     def _general(self, records: _TaskRecords, acc: _Accumulator) -> None:
@@ -285,7 +285,9 @@ class _ParseTask(beam.DoFn):
                     recs = series.get(key)
                     if recs is None:
                         recs = series[key] = []
-                    recs.append(Record(ts, dumps(out), base | i))
+                    recs.append(
+                        (ts, dumps(out), base | i, None, None)
+                    )  # a Record's fields, built as a plain tuple
                     selected_n += 1
                     continue
             records.long_digits = may_overflow

@@ -34,6 +34,8 @@ LOCAL_MAX_NAME_BYTES = 255
 UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
 READ_CHUNK_BYTES = 8 * 1024 * 1024
 # A 410 on a resumable upload means its session is gone: start the upload again, this many times in all.
+# So does a 404 on a request to the session: GCS gives it for an expired session, and fake-gcs-server for a
+# session that completed when the client never saw the answer (GCS answers 200 with the object then).
 _UPLOAD_ATTEMPTS = 3
 # Retries of every GCS call (DESIGN.md, "GCS facts"): 408, 429, 5xx, connection resets and timeouts are
 # retried with exponential backoff and jitter (RETRY_INITIAL_S, doubling up to RETRY_MAX_S) for at most
@@ -215,16 +217,18 @@ class GcsStorage(Storage):
         return blob
 
     def _upload(self, name: str, upload) -> None:
-        """`upload(blob)` with a fresh upload on a 410 (a resumable session that is gone), up to
-        _UPLOAD_ATTEMPTS in all; other errors are retried inside the call (`_calls`)."""
-        from google.api_core.exceptions import ClientError
+        """`upload(blob)`, started afresh when its resumable session is gone (410, or 404 from the session),
+        up to _UPLOAD_ATTEMPTS in all; other errors are retried inside the call (`_calls`). Rewriting an object
+        with the same bytes is safe: uploads are atomic."""
+        from google.api_core.exceptions import GoogleAPICallError
 
         for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
             try:
                 upload(self._blob(name))
                 return
-            except ClientError as e:
-                if e.code != 410 or attempt == _UPLOAD_ATTEMPTS:
+            except GoogleAPICallError as e:  # api_core has no class for 410: it arrives as the base class
+                session_gone = e.code == 410 or (e.code == 404 and "upload_id=" in str(e))
+                if not session_gone or attempt == _UPLOAD_ATTEMPTS:
                     raise
 
     def write_bytes(self, name: str, data: bytes) -> None:
@@ -268,7 +272,7 @@ class GcsStorage(Storage):
         if name != name.lower():  # GCS refuses upper case in bucket names, so no such bucket can exist
             return f"{missing} (bucket names are lower case)"
         try:
-            bucket = gcs_client().get_bucket(name, **_calls())
+            bucket = gcs_client().get_bucket(name, retry=_retry())  # the library's 60 s request timeout
         except gx.NotFound:
             return missing
         except gx.BadRequest:
@@ -276,7 +280,7 @@ class GcsStorage(Storage):
         except gx.Forbidden:
             # No storage.buckets.get: the object permissions the export needs may still be there.
             try:
-                next(iter(gcs_client().list_blobs(name, max_results=1, **_calls())), None)
+                next(iter(gcs_client().list_blobs(name, max_results=1, retry=_retry())), None)
             except gx.NotFound:
                 return missing
             except gx.Forbidden:
