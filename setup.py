@@ -19,6 +19,7 @@ setup(
         "lxml>=5,<7",
         "google-cloud-storage>=2.18,<4",
         "google-crc32c>=1.5,<2",
+        "google-cloud-scheduler>=2.13,<3",
     ],
     extras_require={
         "test": [
