@@ -69,7 +69,12 @@ def make_runner(options: PipelineOptions):
     DirectRunner first tries Prism, which downloads a binary (and fails offline) before falling back to it.
     Multi-process running (--direct_num_workers N --direct_running_mode multi_processing) is the FnApiRunner's.
     """
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
     std = options.view_as(StandardOptions)
+    if std.runner is None and options.view_as(GoogleCloudOptions).template_location:
+        std.runner = "DataflowRunner"  # the flex template launcher builds the job for Dataflow
+        return None
     if std.runner not in (None, "DirectRunner", "direct"):
         return None  # Beam resolves it from --runner
     std.runner = "DirectRunner"
