@@ -13,6 +13,7 @@ estimated from the series' bytes per row and rewritten with fewer rows in the ra
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -437,9 +438,7 @@ class _WriteSeries(beam.DoFn):
             positions.extend([r[2] for r in records])
         else:  # a large series: merge the runs as a stream; the header pass reads them once more
             items = _merged_items(refs, positions)
-
-            def scan():
-                return (r for ref in refs for r in runs.read_run(ref.url))
+            scan = functools.partial(_scan_runs, refs)
 
         written = 0
         for kind, value in write_series(key, items, self._opts, self._store.write_file, scan):
@@ -460,6 +459,12 @@ class _WriteSeries(beam.DoFn):
         r = self._request
         detail = f"the record alone makes a {r.format} file larger than --max_file_bytes {r.max_file_bytes}"
         return DeadLetter(order, task.url, kind, position, TOO_LARGE, detail, text, truncated, False)
+
+
+def _scan_runs(refs: list) -> Iterator:
+    """Every record of the runs, in no particular order (for the CSV header or the Parquet schema)."""
+    for ref in refs:
+        yield from runs.read_run(ref.url)
 
 
 def _merged_items(refs: list, positions: array) -> Iterator:
