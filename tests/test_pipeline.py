@@ -652,3 +652,51 @@ def test_json_without_header_and_csv_formula_guard(tmp_path, capsys):
             "eventProps.d": "ok",
         }
     ]
+
+
+def test_xml_forbidden_characters_are_replaced_and_counted(tmp_path, capsys):
+    recs = [
+        {"eventName": "Search", "ts": START + 1, "eventProps": {"q": "a\x0bb\x0c", "k\x01": 1}},
+        {"eventName": "Search", "ts": START + 2, "profile": {"bad key": "x\x02", "ok": "<&>"}},
+        {"eventName": "Search", "ts": START + 2, "eventProps": {"q": "plain"}},
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    status, _, err = export(
+        capsys, "--format", "xml", source=str(tmp_path / "in.jsonl"), output=tmp_path / "x"
+    )
+    assert status == 0, err
+    [path] = data_files(tmp_path / "x")
+    root = etree.fromstring(path.read_bytes())
+    events = list(root)
+    assert [e.findtext("ts") for e in events] == [
+        str(stamp(START + 1)),
+        str(stamp(START + 2)),
+        str(stamp(START + 2)),
+    ]
+    first = events[0].find("eventProps")
+    assert [(e.findtext("key"), e.findtext("value")) for e in first] == [
+        ("q", "a\ufffdb\ufffd"),
+        ("k\ufffd", "1"),
+    ]
+    profile = next(e for e in events if e.find("profile") is not None).find("profile")
+    assert (
+        profile.find("entry").findtext("key") == "bad key"
+        and profile.find("entry").findtext("value") == "x\ufffd"
+    )
+    assert profile.findtext("ok") == "<&>"
+    assert manifest(tmp_path / "x")["xml_replaced_chars"] == 4
+
+
+def test_profiles_as_xml(data, tmp_path, capsys):
+    status, _, err = export(
+        capsys, "--export_type", "profiles", "--format", "xml", source=f"{data}/profiles-*", output=tmp_path
+    )
+    assert status == 0, err
+    good, _ = input_records(data, "profiles")
+    [path] = data_files(tmp_path)
+    root = etree.fromstring(path.read_bytes())
+    assert root.tag == "Profiles"
+    ids = [p.findtext("objectId") for p in root]
+    assert sorted(ids) == sorted({r["objectId"] for r in good})
+    stamps = [int(p.findtext("ts")) for p in root]
+    assert stamps == sorted(stamps)

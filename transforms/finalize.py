@@ -112,7 +112,7 @@ def finalize_run(
         },
         "records_per_event_and_date": {e: dict(sorted(d.items())) for e, d in sorted(per_event.items())},
         "bad_records_by_reason": dict(sorted(reasons.items())),
-        "xml_replaced_chars": sum(f.get("xml_replaced_chars", 0) for f in files),
+        "xml_replaced_chars": totals["xml_replaced"] + sum(f.get("xml_replaced_chars", 0) for f in files),
     }
     store.write_bytes(
         naming.manifest_name(req, run), orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"

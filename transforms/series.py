@@ -22,6 +22,8 @@ import orjson
 from apache_beam import pvalue
 
 from transforms import runs, sources, storage
+from transforms.formats.base import EVENTS, PROFILES, SeriesContext
+from transforms.formats.xml import XmlEncoder
 from transforms.naming import PROFILES_NAME
 from transforms.records import BadRecord, Good, RecordChecker, decode_json, long_digit_runs
 from transforms.runs import RunRef
@@ -35,7 +37,7 @@ STATS = "stats"
 RECORD_TEXT_LIMIT = 64 * 1024
 
 # Counts a task reports; finalize adds them up. read = exported + superseded + out_of_scope + bad.
-STAT_KEYS = ("read", "selected", "out_of_scope", "bad", "unplaced", "superseded")
+STAT_KEYS = ("read", "selected", "out_of_scope", "bad", "unplaced", "superseded", "xml_replaced")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,22 @@ class _ParseTask(beam.DoFn):
             run_date,
             self._name_budget,
         )
+        # XML is encoded here, where each record is decoded already: the writer then only joins elements.
+        self._xml: dict[str, XmlEncoder] | None = {} if r.format == "xml" else None
+
+    def _xml_encoder(self, name: str) -> XmlEncoder:
+        enc = self._xml.get(name)
+        if enc is None:
+            kind = PROFILES if self._request.export_type == "profiles" else EVENTS
+            enc = self._xml[name] = XmlEncoder(SeriesContext(kind, name), ())
+        return enc
+
+    def _encoded(self, good: Good) -> Good:
+        """The record as the writer will store it: its JSON data line, or for XML its element."""
+        if self._xml is None:
+            return good
+        line = self._xml_encoder(good.key[0]).encode_data(orjson.loads(good.line), good.line)
+        return Good(good.key, good.ts, good.created, line, good.object_id)
 
     def process(self, task_index: int):
         task = self._tasks[task_index]
@@ -129,6 +147,10 @@ class _ParseTask(beam.DoFn):
             else:
                 self._general(records, acc)
             runs = self._write_runs(task_index, acc)
+            if self._xml:
+                acc.stats["xml_replaced"] = sum(e.replaced_chars for e in self._xml.values())
+                for e in self._xml.values():
+                    e.replaced_chars = 0
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -183,9 +205,9 @@ class _ParseTask(beam.DoFn):
                         continue
                 latest[good.object_id] = (good, n)
                 continue
-            acc.add(good, n)
+            acc.add(self._encoded(good), n)
         for good, n in latest.values():
-            acc.add(Good(self._profile_key, good.ts, good.created, good.line, good.object_id), n)
+            acc.add(self._encoded(Good(self._profile_key, good.ts, good.created, good.line, good.object_id)), n)
 
     def _check(self, records: _TaskRecords, acc: _Accumulator, n: int, raw, rec) -> Good | None:
         """The careful path: decode and check one record; a bad one becomes a dead letter."""
@@ -221,6 +243,7 @@ class _ParseTask(beam.DoFn):
         w_start, w_end = window.start, window.end
         by_capture = window.field == "capturedAt"
         selected = self._checker.events
+        xml = self._xml is not None
         minute = self._local.minute
         minutes: dict[int, tuple[int, str] | None] = {}
         series = acc.series
@@ -288,13 +311,16 @@ class _ParseTask(beam.DoFn):
                     # A Record's fields as a plain tuple. The line is copied: bytes from orjson.dumps keep their
                     # shrunk output buffer's allocation, and holding 100k of them fragments the heap (RSS 510 MB
                     # against 310 MB per 250k events, measured); a 600-byte copy costs less than that.
-                    recs.append((ts, bytes(memoryview(dumps(out))), base | i, None, None))
+                    line = bytes(memoryview(dumps(out)))
+                    if xml:
+                        line = self._xml_encoder(name).encode_data(out, line)
+                    recs.append((ts, line, base | i, None, None))
                     selected_n += 1
                     continue
             records.long_digits = may_overflow
             good = self._check(records, acc, i, line, None)
             if good is not None:
-                acc.add(good, i)
+                acc.add(self._encoded(good), i)
         stats["read"] += read
         stats["selected"] += selected_n
         stats["out_of_scope"] += out_of_scope

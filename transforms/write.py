@@ -29,6 +29,7 @@ from apache_beam import pvalue
 from transforms import naming, runs
 from transforms.formats.base import EVENTS, PROFILES, Item, SeriesContext
 from transforms.formats.json import JsonEncoder
+from transforms.formats.xml import PreEncodedXml
 from transforms.records import TOO_LARGE
 from transforms.series import DEAD_LETTERS, NAMESPACE, STATS, DeadLetter, source_record
 from transforms.storage import crc32c_b64, open_storage
@@ -367,7 +368,10 @@ def write_series(
         else:
             from transforms.formats.values import text_encoder
 
-            encoder = text_encoder(opts.fmt, ctx, scan() if scan is not None else items)
+            if opts.fmt == "xml":  # encoded before the shuffle (series.py)
+                encoder = PreEncodedXml(ctx)
+            else:
+                encoder = text_encoder(opts.fmt, ctx, scan() if scan is not None else items)
             chunks = roll_text(items, encoder, opts.compression == "gzip", opts.max_file_bytes, spool)
         index = 0
         for chunk in chunks:
