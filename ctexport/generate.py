@@ -526,8 +526,10 @@ _EVENT_TYPES: tuple[tuple[str, Callable[[_Rnd, _User], dict], str], ...] = (
 EVENT_NAMES: tuple[str, ...] = tuple(name for name, _, _ in _EVENT_TYPES)
 
 
-def _name_picker(rnd: _Rnd, zipf: bool) -> Callable[[], int]:
+def _name_picker(rnd: _Rnd, zipf: bool, hot: float | None = None) -> Callable[[], int]:
     n = len(_EVENT_TYPES)
+    if hot is not None:  # a `hot` share is the first name ("App Launched"), the rest uniform over the others
+        return lambda: 0 if rnd() < hot else 1 + int(rnd() * (n - 1))
     if not zipf:
         return lambda: int(rnd() * n)
     cum = list(itertools.accumulate(1.0 / (k**ZIPF_A) for k in range(1, n + 1)))
@@ -589,11 +591,17 @@ def _ct_tails(rnd: _Rnd, u: _User) -> tuple[dict, ...]:
 
 
 def _event_maker(
-    rng: Random, users: list[_User], start_ts: int, end_ts: int, zipf: bool, late_fraction: float
+    rng: Random,
+    users: list[_User],
+    start_ts: int,
+    end_ts: int,
+    zipf: bool,
+    late_fraction: float,
+    hot: float | None = None,
 ) -> Callable[[], dict]:
     rnd = rng.random
     span = end_ts - start_ts
-    pick_name = _name_picker(rnd, zipf)
+    pick_name = _name_picker(rnd, zipf, hot)
     nu = len(users)
     mobile = [u for u in users if u.platform != "Web"] or users
     nm = len(mobile)
@@ -676,22 +684,26 @@ def generate_events(
     bad: int = 0,
     late_fraction: float = 0.03,
     profiles: int = 1000,
+    hot: float | None = None,
 ) -> Iterator[bytes]:
     """Yield `n` good event lines plus `bad` bad ones (compact JSON, no newline), the same for a seed.
 
     Every good event has `ts` in [start_ts, end_ts). `capturedAt` is `ts` plus a few seconds, 1 hour to
     2 days later for a `late_fraction` share, and absent for 0.5% (it then defaults to `ts`). Users are
     drawn from a pool of `profiles` (the same pool `generate_profiles` writes). Event names are uniform
-    over EVENT_NAMES, or Zipf-distributed (a = 1.2, "App Launched" hot) with `zipf`. Bad lines cycle
-    over EVENT_BAD_KINDS and are spread evenly between the good ones, which they leave unchanged.
+    over EVENT_NAMES, or Zipf-distributed (a = 1.2, "App Launched" hot) with `zipf`, or, with `hot` (a share
+    in [0, 1], not with `zipf`), that share is "App Launched" and the rest uniform over the other names. Bad
+    lines cycle over EVENT_BAD_KINDS and are spread evenly between the good ones, which they leave unchanged.
     """
     _check_window(start_ts, end_ts)
     if n < 0 or bad < 0 or profiles < 1 or not 0 <= late_fraction <= 0.99:
         raise ValueError("need n >= 0, bad >= 0, profiles >= 1 and 0 <= late_fraction <= 0.99")
+    if hot is not None and (zipf or not 0 <= hot <= 1):
+        raise ValueError("hot is a share in [0, 1] and excludes zipf")
     users = _users(seed, profiles)
-    make = _event_maker(Random(f"ctexport-events-{seed}"), users, start_ts, end_ts, zipf, late_fraction)
+    make = _event_maker(Random(f"ctexport-events-{seed}"), users, start_ts, end_ts, zipf, late_fraction, hot)
     bad_rng = Random(f"ctexport-bad-events-{seed}")
-    make_bad_base = _event_maker(bad_rng, users, start_ts, end_ts, zipf, late_fraction)
+    make_bad_base = _event_maker(bad_rng, users, start_ts, end_ts, zipf, late_fraction, hot)
     dumps = orjson.dumps
 
     def good() -> Iterator[bytes]:
@@ -1100,6 +1112,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--zipf", action="store_true", help="Zipf-distributed event names (one hot name)")
     parser.add_argument(
+        "--hot",
+        type=float,
+        metavar="FRACTION",
+        help='this share of events is "App Launched", the rest uniform over the other names (not with --zipf)',
+    )
+    parser.add_argument(
         "--late_fraction", type=float, default=0.03, help="share of late captures (default 0.03)"
     )
     args = parser.parse_args(argv)
@@ -1114,6 +1132,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--files must be 1 or more")
     if not 0 <= args.late_fraction <= 0.99:
         problems.append("--late_fraction must be between 0 and 0.99")
+    if args.hot is not None and (args.zipf or not 0 <= args.hot <= 1):
+        problems.append("--hot must be between 0 and 1, and not with --zipf")
     try:
         end_ts = _parse_time(args.end) if args.end else int(time.time()) // 86400 * 86400
     except ValueError:
@@ -1144,6 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
                 start_ts=start_ts,
                 end_ts=end_ts,
                 zipf=args.zipf,
+                hot=args.hot,
                 bad=args.bad,
                 late_fraction=args.late_fraction,
                 profiles=max(1, math.ceil(args.profiles / 1.3)),
