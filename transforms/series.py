@@ -108,6 +108,9 @@ class _ParseTask(beam.DoFn):
     def setup(self):
         r = self._request
         self._local = LocalTime(r.timezone)
+        self._minutes: dict[
+            int, tuple[int, str] | None
+        ] = {}  # epoch minute -> its local rendering, kept across tasks
         run_date = self._local.date(r.run_epoch)
         self._profile_key = (PROFILES_NAME, run_date)
         self._checker = RecordChecker(
@@ -207,7 +210,9 @@ class _ParseTask(beam.DoFn):
                 continue
             acc.add(self._encoded(good), n)
         for good, n in latest.values():
-            acc.add(self._encoded(Good(self._profile_key, good.ts, good.created, good.line, good.object_id)), n)
+            acc.add(
+                self._encoded(Good(self._profile_key, good.ts, good.created, good.line, good.object_id)), n
+            )
 
     def _check(self, records: _TaskRecords, acc: _Accumulator, n: int, raw, rec) -> Good | None:
         """The careful path: decode and check one record; a bad one becomes a dead letter."""
@@ -245,13 +250,15 @@ class _ParseTask(beam.DoFn):
         selected = self._checker.events
         xml = self._xml is not None
         minute = self._local.minute
-        minutes: dict[int, tuple[int, str] | None] = {}
+        minutes = self._minutes
         series = acc.series
         stats = acc.stats
         read = selected_n = out_of_scope = 0
         base = acc.base
         data = records.read()
         may_overflow = long_digit_runs(data) != []
+        if len(minutes) > 1_000_000:
+            minutes.clear()
         for i, line in enumerate(data.split(b"\n")):
             try:
                 rec = loads(line)
