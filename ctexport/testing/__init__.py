@@ -1,0 +1,1 @@
+"""Helpers for the test suite that are not tests themselves (the fault-injecting GCS proxy)."""

@@ -1,0 +1,276 @@
+"""Property-based tests (hypothesis): any JSON-like record survives each format's writer and comes back the same
+through an independent reader (json, csv, lxml and Python's expat, pyarrow); any bytes at all give either a
+record or a bad record with a reason, never a crash; rolled files stay under the limit and keep every record once.
+
+Examples are derandomized (the same on every run) and modest in number, so the suite stays fast; set
+CTEXPORT_HYPOTHESIS_EXAMPLES to explore more.
+"""
+
+from __future__ import annotations
+
+import gzip as gzip_module
+import io
+import json
+import os
+import xml.etree.ElementTree as ElementTree
+from datetime import UTC, datetime
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lxml import etree
+
+from ctexport.testing.readback import (
+    parquet_matches,
+    read_csv,
+    read_json,
+    strict_equal,
+    text_matches,
+    unzip,
+    xml_clean,
+    xml_pairs,
+)
+from transforms.formats.base import EVENTS, Item, SeriesContext
+from transforms.formats.parquet import series_schema, to_table
+from transforms.formats.values import text_encoder
+from transforms.records import BadRecord, RecordChecker, decode_json
+from transforms.windows import Window
+from transforms.write import SeriesOptions, write_series
+
+EXAMPLES = int(os.environ.get("CTEXPORT_HYPOTHESIS_EXAMPLES", "60"))
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize="CTEXPORT_HYPOTHESIS_EXAMPLES" not in os.environ,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+GROUPS = ("profile", "deviceInfo", "eventProps")
+MAX_TS = 253402300800
+
+# Text: any code point but lone surrogates (they are not UTF-8, so no JSON Lines input can hold them).
+TEXT = st.characters(exclude_categories=("Cs",))
+KEYS = st.one_of(
+    st.text(TEXT, max_size=8),
+    st.sampled_from(["a", "b", "xmlns", "xml", "_x", "a.b", "1st", "a b", "ns:k", "", "é", "<k>", "k\x01"]),
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(TEXT, max_size=12),
+    st.sampled_from(["=1+2", "-x", "@a", "\tt", "\rr", "+", "\ufffe", "\x00", "a\r\nb", '"', ","]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+OBJECTS = st.dictionaries(KEYS, VALUES, max_size=5)
+NAMES = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=16)
+
+
+@st.composite
+def series(draw, max_records: int = 6):
+    """(event name, items, records): the data lines of SPEC section 4 for a few JSON-like records."""
+    name = draw(NAMES)
+    n = draw(st.integers(1, max_records))
+    records, items = [], []
+    for _ in range(n):
+        ts = draw(st.integers(0, MAX_TS - 1))
+        rec = {g: draw(OBJECTS) for g in GROUPS if draw(st.booleans())}
+        line = {}
+        if "profile" in rec:
+            line["profile"] = rec["profile"]
+        line["ts"] = int(datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d%H%M%S"))
+        for g in ("deviceInfo", "eventProps"):
+            if g in rec:
+                line[g] = rec[g]
+        records.append((ts, line))
+        items.append(Item(ts, None, orjson.dumps(line)))
+    return name, items, records
+
+
+def encode(fmt: str, ctx: SeriesContext, items: list[Item]) -> bytes:
+    enc = text_encoder(fmt, ctx, items)
+    return enc.header() + b"".join(enc.encode(i) for i in items) + enc.footer()
+
+
+@SETTINGS
+@given(series(), st.booleans())
+def test_json_round_trips(s, header):
+    name, items, records = s
+    first, got = read_json(encode("json", SeriesContext(EVENTS, name, json_header=header), items), header)
+    assert first == (name if header else None)
+    assert len(got) == len(records)
+    for (_, want), row in zip(records, got, strict=True):
+        assert strict_equal(row, want) and list(row) == list(want)
+
+
+@SETTINGS
+@given(series(), st.booleans())
+def test_csv_round_trips(s, guard):
+    name, items, records = s
+    header, rows = read_csv(encode("csv", SeriesContext(EVENTS, name, csv_formula_guard=guard), items))
+    columns = ["eventName", "ts"]
+    for g in GROUPS:
+        keys = sorted({k for _, line in records for k in (line.get(g) or {})})
+        columns += [f"{g}.{k}" for k in keys]
+    assert header == columns, "the union of the series' keys, sorted within each group"
+    assert len(rows) == len(records)
+    for (_, line), row in zip(records, rows, strict=True):
+        assert text_matches(name, row["eventName"], guard)
+        assert row["ts"] == str(line["ts"])
+        for col in columns[2:]:
+            group, _, key = col.partition(".")
+            assert text_matches((line.get(group) or {}).get(key), row[col], guard), (col, row[col])
+
+
+@SETTINGS
+@given(series())
+def test_xml_round_trips_through_libxml2_and_expat(s):
+    name, items, records = s
+    data = encode("xml", SeriesContext(EVENTS, name), items)
+    assert data.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n')
+    for root in (etree.fromstring(data), ElementTree.fromstring(data)):
+        assert root.tag == "Events" and len(root) == len(records)
+        for (_, line), ev in zip(records, root, strict=True):
+            present = [g for g in GROUPS if g in line]
+            assert [c.tag for c in ev] == ["ts", "eventName", *present]
+            assert ev.findtext("ts") == str(line["ts"]) and ev.findtext("eventName") == xml_clean(name)
+            for g in present:
+                pairs = xml_pairs(ev.find(g))
+                assert [k for k, _ in pairs] == [xml_clean(k) for k in line[g]]
+                for (_, text), value in zip(pairs, line[g].values(), strict=True):
+                    assert text_matches(value, text, xml=True), (g, value, text)
+
+
+@SETTINGS
+@given(series(max_records=8))
+def test_parquet_round_trips_with_one_widened_schema(s):
+    name, items, records = s
+    ctx = SeriesContext(EVENTS, name)
+    schema = series_schema(ctx, items)
+    buf = io.BytesIO()
+    with pq.ParquetWriter(buf, schema) as w:  # two row groups: both must take the series' schema
+        half = len(items) // 2
+        for part in (items[:half], items[half:]):
+            if part:
+                w.write_table(to_table(ctx, schema, part))
+    table = pq.read_table(io.BytesIO(buf.getvalue()))
+    assert table.schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    rows = table.to_pylist()
+    assert len(rows) == len(records)
+    for (ts, line), row in zip(records, rows, strict=True):
+        assert row["eventName"] == name and row["ts"] == datetime.fromtimestamp(ts, UTC)
+        for g in GROUPS:
+            assert parquet_matches(line.get(g), row.get(g)), (g, line.get(g), row.get(g))
+
+
+@SETTINGS
+@given(
+    series(max_records=30),
+    st.sampled_from(["json", "csv"]),  # the rollers; XML is encoded before the shuffle and rolls like CSV
+    st.booleans(),
+    st.integers(min_value=1024, max_value=4096),  # --max_file_bytes is at least 1024
+)
+def test_rolled_files_stay_under_the_limit_and_hold_every_record_once(s, fmt, gzip, limit):
+    name, items, records = s
+    items = sorted(items)
+    opts = SeriesOptions(
+        "events", fmt, "gzip" if gzip else "none", limit, "r", "20261127000000", "db", True, False
+    )
+    files: dict[str, bytes] = {}
+
+    def upload(object_name: str, path: str) -> None:
+        with open(path, "rb") as f:
+            files[object_name] = f.read()
+
+    out = list(write_series((name, "20261125"), items, opts, upload, scan=lambda: iter(items)))
+    too_large = {v for kind, v in out if kind == "too_large"}
+    infos = [v for kind, v in out if kind == "file"]
+    assert [i["index"] for i in infos] == list(range(len(infos))), "file indexes 0, 1, 2 … without gaps"
+    got = []
+    for info in infos:
+        data = files[info["name"]]
+        assert len(data) == info["bytes"] <= limit
+        body = unzip(data, info["name"])
+        if fmt == "json":
+            got += [orjson.dumps(r) for r in read_json(body)[1]]
+        else:
+            got += [None] * len(read_csv(body)[1])
+        assert info["records"] == (len(got) - sum(i["records"] for i in infos[: infos.index(info)]))
+    kept = [i.line for k, i in enumerate(items) if k not in too_large]
+    assert len(got) == len(kept), "every record once, in order, except those too large for any file"
+    if fmt == "json":
+        assert [orjson.loads(x) for x in got] == [orjson.loads(x) for x in kept]
+    enc = text_encoder(fmt, SeriesContext(EVENTS, name), items)
+    for k in too_large:  # too large only when a file of the series holding just it would pass the limit
+        alone = enc.header() + enc.encode(items[k]) + enc.footer()
+        assert len(gzip_module.compress(alone, 6, mtime=0) if gzip else alone) > limit
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="latent, below the 1024-byte minimum of --max_file_bytes: roll_text skips the exact gzip size of a "
+    "record whose uncompressed file fits, but gzip adds ~20 bytes to incompressible data",
+)
+def test_gzip_file_of_one_small_record_stays_under_a_small_limit():
+    # Found by test_rolled_files_stay_under_the_limit_and_hold_every_record_once with limits from 150 bytes.
+    small = Item(0, None, b'{"ts":19700101000000}')
+    line = b'{"profile":{},"ts":19700101100020,"eventProps":{"":[[],-1078368445200,[],[null,null,false,1.1123045145325534e+16]]}}'
+    items = [small] * 6 + [Item(36020, None, line)]
+    opts = SeriesOptions("events", "json", "gzip", 150, "r", "20261127000000", "db", True, False)
+    sizes = []
+    key = ("000\xa0\U00010010\U00012390\U00013dd7", "20261125")
+    out = list(write_series(key, items, opts, lambda name, path: sizes.append(os.path.getsize(path))))
+    assert len(sizes) == 3 and ("too_large", 6) not in out, "the long record went into a file of its own"
+    assert max(sizes) <= 150, sizes
+
+
+# ---- hostile bytes ----------------------------------------------------------------------------------------------
+
+_CHECKER = RecordChecker("events", Window("ts", 0, MAX_TS), None, "UTC", "20261127", 900)
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=200), VALUES.map(lambda v: json.dumps(v).encode())))
+def test_any_bytes_are_a_record_or_a_bad_record(raw):
+    try:
+        good = _CHECKER.check(decode_json(raw))
+    except BadRecord as e:
+        assert e.reason and e.detail
+        return
+    assert good is None or orjson.loads(good.line)["ts"] >= 0
+
+
+@SETTINGS
+@given(
+    st.fixed_dictionaries(
+        {"eventName": NAMES, "ts": st.integers(0, MAX_TS - 1)},
+        optional={g: OBJECTS for g in GROUPS} | {"capturedAt": st.integers(0, MAX_TS - 1)},
+    )
+)
+def test_any_valid_event_is_exported_with_its_objects_unchanged(rec):
+    raw = orjson.dumps(rec)
+    good = _CHECKER.check(decode_json(raw))
+    assert good is not None and good.key[0] == rec["eventName"] and good.ts == rec["ts"]
+    line = orjson.loads(good.line)
+    assert list(line) == [k for k in ("profile", "ts", "deviceInfo", "eventProps") if k in line]
+    for g in GROUPS:
+        assert strict_equal(line.get(g), rec.get(g))
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**30])
+def test_integers_beyond_64_bits_anywhere_are_bad(value):
+    raw = orjson.dumps({"eventName": "E", "ts": 1, "eventProps": {"a": [{"b": 0}]}}).replace(
+        b'"b":0', b'"b":' + str(value).encode()
+    )
+    with pytest.raises(BadRecord) as e:
+        _CHECKER.check(decode_json(raw))
+    assert e.value.reason == "integer_outside_64_bits"
