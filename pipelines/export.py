@@ -6,6 +6,7 @@ Exit status: 0 done, 1 the run failed, 2 the request was invalid (nothing read, 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -18,17 +19,28 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.options import ExportOptions, InvalidRequest, Request, unknown_flags, validate
 from transforms import naming, storage
 from transforms.finalize import RUN_FAILED, Finalize
+from transforms.runs import SPILL_DIR, delete_runs, delete_stale_runs
 from transforms.series import ExtractSeries
 from transforms.sources import RANGE_BYTES, plan_reads
 from transforms.write import WriteSeries
 
 log = logging.getLogger("ctexport")
+DEBUG_ENV = "CTEXPORT_DEBUG"
 
 
 def build_pipeline(
-    p: beam.Pipeline, request: Request, files: list[storage.SourceFile], range_bytes: int = RANGE_BYTES
+    p: beam.Pipeline,
+    request: Request,
+    files: list[storage.SourceFile],
+    spill: str | None = None,
+    range_bytes: int = RANGE_BYTES,
 ):
-    """Add the export to `p`; returns the PCollection holding the run's manifest (one dict)."""
+    """Add the export to `p`; returns the PCollection holding the run's manifest (one dict).
+
+    spill: where the sorted runs go (default: a fresh folder under the temp location, see `spill_location`).
+    """
+    if spill is None:
+        spill = spill_location(p.options, request)[1]
     tasks = plan_reads(files, request.source_format, range_bytes)
     file_order = {f.url: i for i, f in enumerate(files)}
     budget = naming.event_name_budget(
@@ -37,7 +49,6 @@ def build_pipeline(
         request.ext,
         storage.open_storage(request.output).name_budget(),
     )
-    spill = spill_location(p.options, request)
     parsed = (
         p
         | "ReadTasks" >> beam.Create(list(range(len(tasks))))
@@ -55,13 +66,14 @@ def build_pipeline(
     return (written.files, dead, stats) | "Finalize" >> Finalize(request, sources, spill)
 
 
-def spill_location(options: PipelineOptions, request: Request) -> str:
-    """Where the sorted runs go: under --temp_location when set (Dataflow needs a gs:// one), else the local
-    temporary folder. A fresh folder per launch; Finalize removes it."""
+def spill_location(options: PipelineOptions, request: Request) -> tuple[str, str]:
+    """(temp root, spill folder) for the sorted runs: under --temp_location when set (Dataflow needs a gs://
+    one), else the local temporary folder; a fresh folder per launch. Finalize removes it."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-    temp = options.view_as(GoogleCloudOptions).temp_location or tempfile.gettempdir()
-    return f"{temp.rstrip('/')}/ctexport-spill/{request.request_id}-{request.run_ts}-{uuid.uuid4().hex[:12]}"
+    temp = (options.view_as(GoogleCloudOptions).temp_location or tempfile.gettempdir()).rstrip("/")
+    name = f"{naming.run_prefix(request.request_id, request.run_ts)}{uuid.uuid4().hex[:12]}"
+    return temp, f"{temp}/{SPILL_DIR}/{name}"
 
 
 def make_runner(options: PipelineOptions):
@@ -122,12 +134,30 @@ def _window_text(w: dict) -> str:
 
 
 def run(argv: list[str] | None = None, now: float | None = None) -> int:
-    """Validate, build, run, report. Returns the exit status."""
+    """Validate, build, run, report. Returns the exit status: 0 done, 1 failed, 2 invalid request."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(usage())
         return 0
     _setup_logging()
+    try:
+        return _run(argv, now)
+    except Exception as e:  # storage faults past their retries, while validating or reading the manifest
+        log.debug("run failed", exc_info=True)
+        print(f"run failed: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    message = str(e)
+    if RUN_FAILED in message:
+        return message[message.index(RUN_FAILED) :].split("\n")[0]
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    hint = "" if os.environ.get(DEBUG_ENV) else f" (set {DEBUG_ENV}=1 for the full trace)"
+    return f"{type(e).__name__}: {first}{hint}"
+
+
+def _run(argv: list[str], now: float | None) -> int:
     options = PipelineOptions(argv)
     try:
         unknown = unknown_flags(argv)
@@ -162,27 +192,25 @@ def run(argv: list[str] | None = None, now: float | None = None) -> int:
         store.display(""),
     )
     started = time.monotonic()
+    direct = options.view_as(StandardOptions).runner in (None, "DirectRunner", "direct")
+    temp_root, spill = spill_location(options, request)
+    if direct:  # on Dataflow the temp bucket's lifecycle rules are the place for that
+        delete_stale_runs(temp_root, naming.run_prefix(request.request_id, request.run_ts))
     try:
         p = beam.Pipeline(runner=make_runner(options), options=options)
-        build_pipeline(p, request, files)
+        build_pipeline(p, request, files, spill)
         result = p.run()
         result.wait_until_finish()
         state = getattr(result, "state", None)
         if state is not None and str(state) not in ("DONE", "PipelineState.DONE"):
-            print(f"run failed: the pipeline ended {state}", file=sys.stderr)
-            return 1
+            raise RuntimeError(f"the pipeline ended {state}")
     except Exception as e:  # the runner wraps worker errors; show the cause, not a trace
-        message = str(e)
-        if RUN_FAILED in message:
-            message = message[message.index(RUN_FAILED) :].split("\n")[0]
-        else:
-            message = f"{type(e).__name__}: {message.splitlines()[0] if message else ''}"
-            log.debug("run failed", exc_info=True)
-        print(f"run failed: {message}", file=sys.stderr)
+        log.debug("run failed", exc_info=True)
+        print(f"run failed: {_one_line(e)}", file=sys.stderr)
+        if direct:
+            delete_runs(spill)  # a failed attempt leaves no copy of the data behind
         return 1
-    if options.view_as(StandardOptions).runner not in ("DirectRunner", None) and not store.exists(
-        manifest_name
-    ):
+    if not direct and not store.exists(manifest_name):
         print("submitted; the manifest appears when the run is done", file=sys.stderr)
         return 0
     manifest = orjson.loads(store.read_bytes(manifest_name))
@@ -202,18 +230,29 @@ def usage() -> str:
     return parser.format_help()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is logged (a caller may redirect it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    log.setLevel(logging.INFO)
-    handler_present = any(getattr(h, "_ctexport", False) for h in log.handlers)
-    if not handler_present:
-        h = logging.StreamHandler(sys.stderr)
+    log.setLevel(logging.DEBUG if os.environ.get(DEBUG_ENV) else logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        h = _StderrHandler(sys.stderr)
         h.setFormatter(logging.Formatter("ctexport: %(message)s"))
-        h._ctexport = True
         log.addHandler(h)
         log.propagate = False
+    # A failed bundle makes Beam log the worker's traceback; the run's own one-line error says what failed.
+    # CTEXPORT_DEBUG=1 shows everything.
+    logging.getLogger("apache_beam").setLevel(
+        logging.DEBUG if os.environ.get(DEBUG_ENV) else logging.CRITICAL
+    )
 
 
 def main() -> None:

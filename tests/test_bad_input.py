@@ -502,11 +502,6 @@ def test_keys_that_are_not_xml_names_become_entries(exports):
         assert tags.count("entry") >= 7, "keys that are not XML names are entries"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transforms/formats/xml.py writes a profile/deviceInfo key named `entry` as the element <entry>…</entry>, "
-    "which a reader cannot tell from the <entry><key/><value/></entry> pair that SPEC uses for other keys",
-)
 def test_a_key_named_entry_reads_back_unambiguously(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     src.write_bytes(event("Entry", profile={"entry": "x", "key": "k"}, deviceInfo={"entry": "y"}) + b"\n")

@@ -321,11 +321,6 @@ def test_persistent_fault_fails_clearly_without_manifest_and_the_rerun_completes
     assert_same_as_clean(gcs_objects(url), clean)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipelines/export.py run() lets a storage error raised while validating (the bucket check retried "
-    "past its deadline) escape as a traceback instead of `run failed: ...` and exit status 1",
-)
 def test_persistent_fault_while_checking_the_bucket_fails_with_one_clear_line(
     data, bucket, proxy, capsys, tmp_path
 ):
@@ -339,11 +334,6 @@ def test_persistent_fault_while_checking_the_bucket_fails_with_one_clear_line(
     assert err.strip().splitlines()[-1].startswith("run failed: ") and "Traceback" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run that fails before Finalize (here: uploads refused) leaves its run files (a copy of every selected "
-    "record) under --temp_location/ctexport-spill/<request>-<run>-<uuid>; only Finalize deletes them",
-)
 def test_a_failed_attempt_leaves_no_copy_of_the_data_in_the_temp_location(
     data, bucket, proxy, capsys, tmp_path
 ):
@@ -487,18 +477,7 @@ def clean_folder(data, tmp_path_factory) -> dict[str, bytes]:
     return folder_objects(out)
 
 
-KILL_POINTS = [
-    "between",
-    pytest.param(
-        "mid-write",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="LocalStorage leaves the killed attempt's partial temporary file (.ctexport-tmp-<uuid>) in "
-            "the output folder: list() hides it, so Finalize never deletes it",
-        ),
-    ),
-    "manifest",
-]
+KILL_POINTS = ["between", "mid-write", "manifest"]
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)

@@ -700,3 +700,16 @@ def test_profiles_as_xml(data, tmp_path, capsys):
     assert sorted(ids) == sorted({r["objectId"] for r in good})
     stamps = [int(p.findtext("ts")) for p in root]
     assert stamps == sorted(stamps)
+
+
+def test_a_byte_order_mark_at_the_start_of_a_file_is_not_part_of_the_first_record(tmp_path, capsys):
+    rec = {"eventName": "App Launched", "ts": START + 5}
+    (tmp_path / "bom.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(rec).encode() + b"\n" + json.dumps(rec).encode()
+    )
+    status, _, err = export(capsys, source=str(tmp_path / "bom.jsonl"), output=tmp_path / "out")
+    assert status == 0, err
+    assert manifest(tmp_path / "out")["totals"] == manifest(tmp_path / "out")["totals"] | {
+        "exported": 2,
+        "bad": 0,
+    }

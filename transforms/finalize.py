@@ -73,6 +73,7 @@ def finalize_run(
         )
 
     files = sorted(files, key=lambda f: (f["event"], f["date"], f["index"]))
+    store.discard_temporaries()  # what an attempt killed mid-write left half-written
     keep = {f["name"] for f in files} | {e["name"] for e in errors}
     orphans = [
         o.name
@@ -127,7 +128,8 @@ class _Finalize(beam.DoFn):
         self._spill = spill
 
     def process(self, _, files, dead, stats):
-        store = open_storage(self._request.output)
+        r = self._request
+        store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
         try:
             yield finalize_run(self._request, self._source_files, list(files), list(dead), list(stats), store)
         finally:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 from transforms import storage
 
 FRAME_RECORDS = 8192
+SPILL_DIR = "ctexport-spill"
 _HEAD = struct.Struct("<IB")
 _NO_CREATED = -1
 _new_tuple = tuple.__new__  # builds a Record from a tuple in C, without NamedTuple's Python-level _make
@@ -143,6 +144,22 @@ def delete_runs(spill: str) -> None:
     import shutil
 
     shutil.rmtree(spill, ignore_errors=True)
+
+
+def delete_stale_runs(temp_root: str, run_prefix: str) -> None:
+    """Remove the spill folders that earlier attempts of this run left (killed before they could clean up)."""
+    if storage.is_gcs(temp_root):
+        store = storage.open_storage(f"{temp_root}/{SPILL_DIR}")
+        for o in store.list(run_prefix):
+            store.delete(o.name)
+        return
+    import glob
+    import shutil
+
+    for folder in glob.glob(
+        os.path.join(glob.escape(os.path.join(temp_root, SPILL_DIR)), glob.escape(run_prefix) + "*")
+    ):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def local_path(spill: str, name: str) -> str | None:

@@ -69,15 +69,20 @@ def plan_reads(
 
 
 def read_lines(task: ReadTask) -> tuple[bytes, int]:
-    """The bytes of the whole lines that start in the task's range, and the offset they start at."""
+    """The bytes of the whole lines that start in the task's range, and the offset they start at.
+
+    A UTF-8 byte order mark at the start of a file (as Windows tools write) is not part of the first record.
+    """
     if task.end < 0:
         if task.url.lower().endswith(".gz"):
             with storage.open_read(task.url) as raw, gzip.GzipFile(fileobj=raw) as f:
-                return f.read(), 0
+                return _without_bom(f.read(), 0)
         with storage.open_read(task.url) as f:
-            return f.read(), 0
+            return _without_bom(f.read(), 0)
     begin = max(task.start - 1, 0)
     data = storage.read_range(task.url, begin, task.end)
+    if task.start == 0:
+        data, begin = _without_bom(data, 0)
     if task.start > 0:
         # The line that starts at task.start is the one after the first newline at or after task.start - 1.
         nl = data.find(b"\n")
@@ -103,6 +108,13 @@ def read_lines(task: ReadTask) -> tuple[bytes, int]:
             step = min(step * 2, 1 << 24)
         data = data + b"".join(tail)
     return data, begin
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _without_bom(data: bytes, begin: int) -> tuple[bytes, int]:
+    return (data[len(_BOM) :], begin + len(_BOM)) if data.startswith(_BOM) else (data, begin)
 
 
 def lines_before(url: str, offset: int) -> int:

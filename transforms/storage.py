@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -177,6 +178,10 @@ class Storage(ABC):
     def delete(self, name: str) -> None:
         """Delete the object; a missing one is fine."""
 
+    def discard_temporaries(self) -> int:
+        """Remove temporary files this storage's group left (an attempt killed mid-write); how many."""
+        return 0
+
     @abstractmethod
     def check_location(self) -> str | None:
         """None when the location is usable, else one line saying what is wrong and what to change."""
@@ -297,11 +302,29 @@ class GcsStorage(Storage):
 class LocalStorage(Storage):
     """Files under a local folder; name "x/y" is the file <folder>/x/y."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, tmp_group: str | None = None):
         self.url = url.rstrip("/") or "/"
+        # Temporary files of a group (one export run) carry its tag, so the run can find and remove what a
+        # killed attempt left half-written (`discard_temporaries`).
+        self._tmp_tag = hashlib.sha1(tmp_group.encode("utf-8")).hexdigest()[:16] if tmp_group else None
 
     def __repr__(self) -> str:
         return f"LocalStorage({self.url!r})"
+
+    def discard_temporaries(self) -> int:
+        if self._tmp_tag is None or not os.path.isdir(self.url):
+            return 0
+        mark = f"{_TMP_MARK}{self._tmp_tag}-"
+        removed = 0
+        for folder, _dirs, files in os.walk(self.url):
+            for file in files:
+                if file.startswith(mark):
+                    try:
+                        os.remove(os.path.join(folder, file))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
 
     def display(self, name: str) -> str:
         return os.path.join(self.url, name)
@@ -324,7 +347,10 @@ class LocalStorage(Storage):
         path = self._path(name)
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f"{_TMP_MARK}{uuid.uuid4().hex}")  # short: any base name fits the limit
+        tag = f"{self._tmp_tag}-" if self._tmp_tag else ""
+        tmp = os.path.join(
+            folder, f"{_TMP_MARK}{tag}{uuid.uuid4().hex}"
+        )  # short: any base name fits the limit
         try:
             fill(tmp)
             os.replace(tmp, path)
@@ -397,9 +423,13 @@ class LocalStorage(Storage):
         return None
 
 
-def open_storage(url: str) -> Storage:
-    """A GcsStorage for "gs://bucket/prefix", else a LocalStorage for the folder path."""
-    return GcsStorage(url) if is_gcs(url) else LocalStorage(url)
+def open_storage(url: str, tmp_group: str | None = None) -> Storage:
+    """A GcsStorage for "gs://bucket/prefix", else a LocalStorage for the folder path.
+
+    tmp_group: names the writer's group (an export run) in local temporary files; see `discard_temporaries`.
+    GCS uploads are atomic and need no temporary objects.
+    """
+    return GcsStorage(url) if is_gcs(url) else LocalStorage(url, tmp_group)
 
 
 # ---- reading sources ---------------------------------------------------------------------------------------

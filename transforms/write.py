@@ -162,7 +162,10 @@ def roll_text(
             yield Chunk(cur.path, cur.close(footer), first, cur.count, before - replaced_at_open)
             cur = None
         if cur is None:
-            if len(header) + size > max_bytes and _single_size(header, data, footer, gzip) > max_bytes:
+            if (
+                _deflate_bound(len(header) + size) > max_bytes
+                and _single_size(header, data, footer, gzip) > max_bytes
+            ):
                 encoder.replaced_chars = before
                 yield i
                 continue
@@ -414,7 +417,8 @@ class _WriteSeries(beam.DoFn):
         self._records = beam.metrics.Metrics.counter(NAMESPACE, "records_written")
 
     def setup(self):
-        self._store = open_storage(self._request.output)
+        r = self._request
+        self._store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
 
     def process(self, element):
         key, refs = element

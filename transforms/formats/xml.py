@@ -95,7 +95,8 @@ class XmlEncoder:
             try:
                 tag = tags[key]
             except KeyError:
-                tag = (f"<{key}>", f"</{key}>") if _ELEMENT_NAME.fullmatch(key) else None
+                # "entry" is taken: it is the element of a key that is not an XML name.
+                tag = (f"<{key}>", f"</{key}>") if _ELEMENT_NAME.fullmatch(key) and key != "entry" else None
                 if len(tags) < _KEY_CACHE_LIMIT:
                     tags[key] = tag
             if tag is None:
