@@ -86,6 +86,18 @@ def _read_exact(f, n: int) -> bytes:
 
 def read_run(url: str) -> Iterator[Record]:
     """The records of a run file, in order, reading one frame at a time."""
+    for frame in _frames(url):
+        yield from frame
+
+
+def read_run_into(url: str, records: list) -> None:
+    """Append the records of a run file to `records` (a frame at a time, without a generator per record)."""
+    for frame in _frames(url):
+        records.extend(frame)
+
+
+def _frames(url: str) -> Iterator:
+    """Each frame of a run file as an iterable of its Records."""
     with storage.open_read(url) as f:
         while True:
             head = f.read(_HEAD.size)
@@ -114,15 +126,19 @@ def read_run(url: str) -> Iterator[Record]:
             if created is None:
                 ends = list(accumulate(lengths))
                 lines = [blob[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
-                yield from map(
+                yield map(
                     _new_tuple, repeat(Record), zip(ts, lines, pos, repeat(None), repeat(None), strict=False)
                 )
             else:
+                frame = []
                 for k in range(count):
                     n = lengths[k]
                     c = created[k]
-                    yield Record(ts[k], blob[o : o + n], pos[k], None if c == _NO_CREATED else c, ids[k])
+                    frame.append(
+                        Record(ts[k], blob[o : o + n], pos[k], None if c == _NO_CREATED else c, ids[k])
+                    )
                     o += n
+                yield frame
 
 
 def merged(refs: list[RunRef]) -> Iterator[Record]:

@@ -241,6 +241,13 @@ def _roll_json(items: Iterable, header: bytes, max_bytes: int, spool: str) -> It
             f.write(b"\n")
         return Chunk(path, size, first, len(lines), 0)
 
+    if isinstance(items, list):
+        total = h + sum(map(len, (item.line for item in items))) + len(items)
+        if items and total <= max_bytes:  # the whole series fits one file: no need to cut
+            lines = [item.line for item in items]
+            size, first = total, 0
+            yield flush()
+            return
     for i, item in enumerate(items):
         n = len(item.line) + 1
         if lines and size + n > max_bytes:
@@ -427,7 +434,9 @@ class _WriteSeries(beam.DoFn):
         positions = array("q")
         scan = None
         if self._opts.kind == "profiles":
-            records = [r for ref in refs for r in runs.read_run(ref.url)]
+            records = []
+            for ref in refs:
+                runs.read_run_into(ref.url, records)
             ts = [r.ts for r in records]
             created = array("q", [-1 if r.created is None else r.created for r in records])
             items, pos, superseded = sort_series(
@@ -440,7 +449,9 @@ class _WriteSeries(beam.DoFn):
             positions.extend(pos)
             del records, ts, created
         elif self._opts.fmt == "parquet" or sum(r.nbytes for r in refs) <= IN_MEMORY_SERIES_BYTES:
-            records = [r for ref in refs for r in runs.read_run(ref.url)]
+            records = []
+            for ref in refs:
+                runs.read_run_into(ref.url, records)
             records.sort()  # by (ts, line, position); the runs are sorted already, so Timsort merges them
             items = records  # a Record has the ts, line and created an encoder reads
             positions.extend([r[2] for r in records])
