@@ -9,7 +9,6 @@ deny an operation (the emulator has no IAM) and records the bearer tokens it see
 
 from __future__ import annotations
 
-import base64
 import http.server
 import json
 import re
@@ -22,74 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ctexport import credentials, requests_cli, state
 from ctexport.emulator import Emulator
+from ctexport.testing.oauth import TokenServer, new_private_key, service_account_info
 
 pytestmark = pytest.mark.emulator
 
 
 # ---- a local OAuth token endpoint ---------------------------------------------------------------------------
-
-
-def _b64url_decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-@dataclass
-class TokenServer:
-    url: str
-    known: dict = field(default_factory=dict)  # private_key_id -> public key
-    granted: list = field(default_factory=list)  # (client email, scope) of every token issued
-    tokens: set = field(default_factory=set)
-
-    def register(self, key_id: str, private_key) -> None:
-        self.known[key_id] = private_key.public_key()
-
-
-def _token_handler(server: TokenServer):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):  # quiet
-            pass
-
-        def _reply(self, code: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self):
-            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
-            assertion = form.get("assertion", [""])[0]
-            if (
-                form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
-                or assertion.count(".") != 2
-            ):
-                return self._reply(400, {"error": "invalid_request", "error_description": "Bad Request"})
-            head, payload, sig = assertion.split(".")
-            header = json.loads(_b64url_decode(head))
-            claims = json.loads(_b64url_decode(payload))
-            public = server.known.get(header.get("kid"))
-            try:
-                if public is None:
-                    raise ValueError("unknown key")
-                public.verify(
-                    _b64url_decode(sig), f"{head}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256()
-                )
-            except Exception:
-                return self._reply(
-                    400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
-                )
-            token = f"ya29.test-{uuid.uuid4().hex}"
-            server.tokens.add(token)
-            server.granted.append((claims["iss"], claims.get("scope")))
-            return self._reply(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
-
-    return Handler
 
 
 def _serve(handler_factory, holder) -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
@@ -101,12 +42,8 @@ def _serve(handler_factory, holder) -> tuple[http.server.ThreadingHTTPServer, th
 
 @pytest.fixture(scope="module")
 def token_server():
-    holder = TokenServer(url="")
-    httpd, thread = _serve(_token_handler, holder)
-    holder.url = f"http://127.0.0.1:{httpd.server_address[1]}/token"
-    yield holder
-    httpd.shutdown()
-    thread.join()
+    with TokenServer() as server:
+        yield server
 
 
 # ---- a proxy in front of the emulator -----------------------------------------------------------------------
@@ -172,25 +109,11 @@ def gcs(gcs_emulator: Emulator, monkeypatch):
 
 @pytest.fixture(scope="module")
 def rsa_key():
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return new_private_key()
 
 
 def key_info(private_key, token_uri: str, **over) -> dict:
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    info = {
-        "type": "service_account",
-        "project_id": "ctexport-test",
-        "private_key_id": uuid.uuid4().hex + uuid.uuid4().hex[:8],
-        "private_key": pem,
-        "client_email": "exporter@ctexport-test.iam.gserviceaccount.com",
-        "client_id": "123456789012345678901",
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-        "token_uri": token_uri,
-    }
-    info.update(over)
-    return info
+    return service_account_info(private_key, token_uri, **over)
 
 
 def write_key(tmp_path: Path, info: dict | str, name: str = "key.json") -> str:

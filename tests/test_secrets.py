@@ -11,24 +11,20 @@ offline); GCS calls go to the emulator through a recording proxy (ctexport/testi
 
 from __future__ import annotations
 
-import base64
-import http.server
 import io
 import json
 import logging
 import re
-import threading
 import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ctexport import credentials, generate, requests_cli
 from ctexport.testing.fault_proxy import FaultProxy
+from ctexport.testing.oauth import TokenServer, new_private_key, service_account_info
 from pipelines.export import run
 
 pytestmark = [pytest.mark.emulator, pytest.mark.pipeline]
@@ -41,72 +37,9 @@ WINDOW = 16
 # ---- a key and a token endpoint that checks it ----------------------------------------------------------------
 
 
-def _b64url(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-class TokenEndpoint:
-    """Answers the OAuth JWT-bearer token request for keys it knows, after checking the signature."""
-
-    def __init__(self):
-        self.known: dict[str, object] = {}
-        self.issued = 0
-        endpoint = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
-                head, payload, sig = form["assertion"][0].split(".")
-                public = endpoint.known.get(json.loads(_b64url(head)).get("kid"))
-                try:
-                    public.verify(
-                        _b64url(sig), f"{head}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256()
-                    )
-                    code, body = 200, {"access_token": f"ya29.{uuid.uuid4().hex}", "expires_in": 3600}
-                    endpoint.issued += 1
-                except Exception:
-                    code, body = (
-                        400,
-                        {"error": "invalid_grant", "error_description": "Invalid JWT Signature."},
-                    )
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
-        self._thread.daemon = True
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/token"
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-
 def make_key(token_uri: str) -> tuple[dict, object]:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    info = {
-        "type": "service_account",
-        "project_id": "ctexport-secrets",
-        "private_key_id": uuid.uuid4().hex + uuid.uuid4().hex[:8],
-        "private_key": pem,
-        "client_email": "exporter@ctexport-secrets.iam.gserviceaccount.com",
-        "client_id": "109876543210987654321",
-        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-        "token_uri": token_uri,
-    }
-    return info, private
+    private = new_private_key()
+    return service_account_info(private, token_uri, project="ctexport-secrets"), private
 
 
 def fragments(info: dict) -> set[str]:
@@ -131,9 +64,9 @@ def leaks(text: str, secret: set[str]) -> list[str]:
 @pytest.fixture
 def everything(tmp_path, gcs_emulator, monkeypatch, capsys) -> dict:
     """Run every command that touches the key; return all they wrote, by where it was found."""
-    tokens = TokenEndpoint()
+    tokens = TokenServer()
     info, private = make_key(tokens.url)
-    tokens.known[info["private_key_id"]] = private.public_key()
+    tokens.register(info["private_key_id"], private)
     key_file = tmp_path / "key.json"
     key_file.write_text(json.dumps(info, indent=2))
     bucket = f"secrets-{uuid.uuid4().hex[:12]}"
