@@ -311,33 +311,16 @@ def roll_parquet(
         i += count
 
 
-def sort_series(
-    ts: Sequence[int],
-    created: Sequence[int] | None,
-    pos: Sequence[int],
-    lines: list[bytes],
-    ids: list[str] | None,
-) -> tuple[list[Item], list[int], int]:
-    """Series order: by ts, then by the data line. Profiles keep the latest version of each objectId first.
-
-    Returns the sorted items, their source positions, and how many older profile versions were dropped.
-    """
-    order = range(len(lines))
-    superseded = 0
-    if ids is not None:
-        best: dict[str, int] = {}
-        for k in order:
-            j = best.get(ids[k])
-            if j is None or (ts[k], lines[k]) > (ts[j], lines[j]):
-                best[ids[k]] = k
-        superseded = len(lines) - len(best)
-        order = best.values()
-    ordered = sorted(order, key=lambda k: (ts[k], lines[k]))
-    if created is None:
-        items = [Item(ts[k], None, lines[k]) for k in ordered]
-    else:
-        items = [Item(ts[k], None if created[k] < 0 else created[k], lines[k]) for k in ordered]
-    return items, [pos[k] for k in ordered], superseded
+def latest_versions(records: list) -> tuple[list, int]:
+    """Profiles: the latest version of each objectId (greatest updatedAt, then greatest data line), in series
+    order. Returns those records and how many older versions were dropped."""
+    best: dict[str, object] = {}
+    for r in records:
+        seen = best.get(r.object_id)
+        if seen is None or (r.ts, r.line) > (seen.ts, seen.line):
+            best[r.object_id] = r
+    latest = sorted(best.values())  # by (ts, line, position)
+    return latest, len(records) - len(latest)
 
 
 @dataclass(frozen=True)
@@ -437,17 +420,9 @@ class _WriteSeries(beam.DoFn):
             records = []
             for ref in refs:
                 runs.read_run_into(ref.url, records)
-            ts = [r.ts for r in records]
-            created = array("q", [-1 if r.created is None else r.created for r in records])
-            items, pos, superseded = sort_series(
-                ts,
-                created,
-                [r.pos for r in records],
-                [r.line for r in records],
-                [r.object_id for r in records],
-            )
-            positions.extend(pos)
-            del records, ts, created
+            items, superseded = latest_versions(records)
+            positions.extend([r.pos for r in items])
+            del records
         elif self._opts.fmt == "parquet" or sum(r.nbytes for r in refs) <= IN_MEMORY_SERIES_BYTES:
             records = []
             for ref in refs:
