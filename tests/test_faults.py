@@ -412,7 +412,7 @@ def stop():
     print("STOPPED", flush=True)
     sys.stdin.read()  # until killed
 
-def write_file(self, name, local_path):  # data files
+def move_file(self, name, local_path):  # data files; by copy, as from a spool on another device
     calls["write_file"] += 1
     if point == "between" and calls["write_file"] == 4:
         stop()
@@ -433,7 +433,7 @@ def write_bytes(self, name, data):  # dead letters and the manifest
     return real_write_bytes(self, name, data)
 
 shutil.copyfile = copy
-storage.LocalStorage.write_file = write_file
+storage.LocalStorage.move_file = move_file
 storage.LocalStorage.write_bytes = write_bytes
 from pipelines.export import main
 sys.argv = ["pipelines.export", *sys.argv[2:]]

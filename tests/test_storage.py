@@ -109,6 +109,28 @@ def test_write_file_round_trips(store, tmp_path):
     assert store.list("x/") == [ObjectInfo("x/part.csv", 5000, crc32c_b64(b"line\n" * 1000))]
 
 
+def test_move_file_stores_the_spool_file(store, tmp_path):
+    spool = tmp_path / "spool.bin"
+    spool.write_bytes(b"row\n" * 1000)
+    store.move_file("x/part.json", str(spool))
+    assert store.read_bytes("x/part.json") == b"row\n" * 1000
+    assert store.list("x/") == [ObjectInfo("x/part.json", 4000, crc32c_b64(b"row\n" * 1000))]
+
+
+def test_local_move_file_across_devices_copies(tmp_path, monkeypatch):
+    store = open_storage(str(tmp_path / "out"))
+    spool = tmp_path / "spool.bin"
+    spool.write_bytes(b"abc")
+
+    def cross_device(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "rename", cross_device)
+    store.move_file("a.json", str(spool))
+    assert store.read_bytes("a.json") == b"abc"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.json"], "no temporary file left"
+
+
 def test_write_file_of_missing_spool_raises_and_writes_nothing(store, tmp_path):
     with pytest.raises(FileNotFoundError):
         store.write_file("x.json", str(tmp_path / "missing.bin"))

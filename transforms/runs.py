@@ -1,18 +1,21 @@
 """Sorted runs: how records travel from the parse stage to the writers without going through the shuffle.
 
-Each read task sorts the records it found for a series and writes them to a run file in a spill location
-(a local temporary folder on the DirectRunner, `--temp_location` on Dataflow). Only a small `RunRef` goes
-through the GroupByKey; the writer of a series merges its runs, streaming. Moving bulk bytes through the
-shuffle is what made the multi-process DirectRunner slower than one process (every byte passes through the
-runner process) and what held the whole export in memory at once.
+Each read task sorts the records it found for each series and writes them, one series after the other, to
+its run file in a spill location (a local temporary folder on the DirectRunner, `--temp_location` on
+Dataflow). Only a small `RunRef` per series goes through the GroupByKey (the file, and where the series'
+frames are in it); the writer of a series merges its runs, streaming. Moving bulk bytes through the shuffle
+is what made the multi-process DirectRunner slower than one process (every byte passes through the runner
+process) and what held the whole export in memory at once.
 
-A run file is a sequence of frames; a frame holds up to FRAME_RECORDS records as four arrays and a blob:
+A run is a sequence of frames; a frame holds up to FRAME_RECORDS records as four arrays and a blob:
     <count:u32> <has_created:u8> ts[count]:i64 pos[count]:i64 lengths[count]:u32 [created[count]:i64]
     [id lengths[count]:u32 ids blob] lines blob
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import os
 import struct
@@ -31,12 +34,14 @@ _new_tuple = tuple.__new__  # builds a Record from a tuple in C, without NamedTu
 
 
 class RunRef(NamedTuple):
-    """A run file of one series from one read task."""
+    """The sorted records of one series from one read task: a section of the task's run file."""
 
     url: str
     task: int  # the read task's index: runs merge in task order, so ties resolve the same way every time
     count: int
     nbytes: int  # the data lines' bytes
+    offset: int = 0  # where the series' frames start in the run file
+    length: int = -1  # the bytes of its frames; -1: to the end of the file
 
 
 class Record(NamedTuple):
@@ -65,16 +70,48 @@ def _frame(records: list[tuple], profiles: bool) -> tuple[bytes, int]:
     return b"".join(parts), len(blob)
 
 
-def write_run(path: str, records: list[tuple], profiles: bool) -> int:
-    """Write sorted records (Records, or plain tuples of their fields) to a local file; returns the bytes of
-    their data lines."""
-    nbytes = 0
-    with open(path, "wb") as f:
+class RunFile:
+    """A read task's run file, written one sorted series after the other."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = open(path, "wb")
+        self._size = 0
+
+    def add(self, records: list[tuple], profiles: bool) -> tuple[int, int, int]:
+        """Append a series' sorted records (Records, or plain tuples of their fields).
+
+        Returns (offset, length) of its frames and the bytes of its data lines."""
+        offset = self._size
+        nbytes = 0
         for s in range(0, len(records), FRAME_RECORDS):
             frame, n = _frame(records[s : s + FRAME_RECORDS], profiles)
-            f.write(frame)
+            self._f.write(frame)
+            self._size += len(frame)
             nbytes += n
-    return nbytes
+        return offset, self._size - offset, nbytes
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> RunFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """Pause the cyclic GC: parsing and writing make and hold millions of tuples, bytes and dicts that form no
+    cycles, and each full collection would walk them all."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _read_exact(f, n: int) -> bytes:
@@ -84,25 +121,31 @@ def _read_exact(f, n: int) -> bytes:
     return data
 
 
-def read_run(url: str) -> Iterator[Record]:
-    """The records of a run file, in order, reading one frame at a time."""
-    for frame in _frames(url):
+def read_run(ref: RunRef) -> Iterator[Record]:
+    """The records of a run, in order, reading one frame at a time."""
+    for frame in _frames(ref):
         yield from frame
 
 
-def read_run_into(url: str, records: list) -> None:
-    """Append the records of a run file to `records` (a frame at a time, without a generator per record)."""
-    for frame in _frames(url):
+def read_run_into(ref: RunRef, records: list) -> None:
+    """Append the records of a run to `records` (a frame at a time, without a generator per record)."""
+    for frame in _frames(ref):
         records.extend(frame)
 
 
-def _frames(url: str) -> Iterator:
-    """Each frame of a run file as an iterable of its Records."""
-    with storage.open_read(url) as f:
-        while True:
+def _frames(ref: RunRef) -> Iterator:
+    """Each frame of a run as an iterable of its Records."""
+    with storage.open_read(ref.url) as f:
+        if ref.offset:
+            f.seek(ref.offset)
+        left = ref.length
+        while left:
             head = f.read(_HEAD.size)
             if not head:
+                if left > 0:
+                    raise OSError(f"run file {ref.url} truncated: {left} bytes of a run missing")
                 return
+            left -= len(head)
             count, has_created = _HEAD.unpack(head)
             ts = array("q")
             ts.frombytes(_read_exact(f, 8 * count))
@@ -110,6 +153,7 @@ def _frames(url: str) -> Iterator:
             pos.frombytes(_read_exact(f, 8 * count))
             lengths = array("I")
             lengths.frombytes(_read_exact(f, 4 * count))
+            left -= 20 * count
             created = ids = None
             if has_created:
                 created = array("q")
@@ -117,11 +161,13 @@ def _frames(url: str) -> Iterator:
                 id_lengths = array("I")
                 id_lengths.frombytes(_read_exact(f, 4 * count))
                 blob = _read_exact(f, sum(id_lengths))
+                left -= 12 * count + len(blob)
                 ids, o = [], 0
                 for n in id_lengths:
                     ids.append(blob[o : o + n].decode("utf-8"))
                     o += n
             blob = _read_exact(f, sum(lengths))
+            left -= len(blob)
             o = 0
             if created is None:
                 ends = list(accumulate(lengths))
@@ -141,13 +187,72 @@ def _frames(url: str) -> Iterator:
                 yield frame
 
 
+def sorted_lines(refs: list[RunRef], line_end: bytes) -> tuple:
+    """An events series' data lines in series order, each followed by `line_end`, as one Arrow large_binary
+    array, and the records' positions in that order: the runs decoded, sorted and joined in Arrow's C++, with
+    no Python object per record. For a series small enough to hold; profiles runs are not read this way."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ts, lines, pos = [], [], []
+    for ref in sorted(refs, key=lambda r: r.task):
+        for t, line, p in _arrow_frames(ref):
+            ts.append(t)
+            lines.append(line)
+            pos.append(p)
+    if not lines:
+        return pa.array([], pa.large_binary()), pa.array([], pa.int64())
+    table = pa.table(
+        {"ts": pa.chunked_array(ts), "line": pa.chunked_array(lines), "pos": pa.chunked_array(pos)}
+    )
+    # (ts, line, position): the order a list of Records sorts into, identical records in source order.
+    order = pc.sort_indices(
+        table, sort_keys=[("ts", "ascending"), ("line", "ascending"), ("pos", "ascending")]
+    )
+    table = table.take(order)
+    end = pa.scalar(line_end, pa.large_binary())
+    joined = pc.binary_join_element_wise(table["line"], pa.scalar(b"", pa.large_binary()), end)
+    return joined.combine_chunks(), table["pos"].combine_chunks()
+
+
+def _arrow_frames(ref: RunRef) -> Iterator[tuple]:
+    """Each frame of an events run as Arrow arrays (ts, lines, positions), over one read of the run."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    with storage.open_read(ref.url) as f:
+        if ref.offset:
+            f.seek(ref.offset)
+        data = f.read() if ref.length < 0 else _read_exact(f, ref.length)
+    buf = pa.py_buffer(data)
+    o = 0
+    while o < len(data):
+        count, has_created = _HEAD.unpack_from(data, o)
+        if has_created:
+            raise ValueError("sorted_lines reads events runs only")
+        o += _HEAD.size
+        ts = pa.Array.from_buffers(pa.int64(), count, [None, buf.slice(o, 8 * count)])
+        pos = pa.Array.from_buffers(pa.int64(), count, [None, buf.slice(o + 8 * count, 8 * count)])
+        lengths = pa.Array.from_buffers(pa.uint32(), count, [None, buf.slice(o + 16 * count, 4 * count)])
+        o += 20 * count
+        offsets = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(lengths.cast(pa.int64()))])
+        size = offsets[-1].as_py()
+        if o + size > len(data):
+            raise OSError(f"run file {ref.url} truncated: a frame's lines run past its end")
+        lines = pa.Array.from_buffers(
+            pa.large_binary(), count, [None, offsets.buffers()[1], buf.slice(o, size)]
+        )
+        o += size
+        yield ts, lines, pos
+
+
 def merged(refs: list[RunRef]) -> Iterator[Record]:
     """All records of a series in series order (ts, then line), merging its sorted runs."""
     refs = sorted(refs, key=lambda r: r.task)
     if len(refs) == 1:
-        return read_run(refs[0].url)
+        return read_run(refs[0])
     # Records compare by (ts, line, position): the position orders identical records the same way every time.
-    return heapq.merge(*(read_run(r.url) for r in refs))
+    return heapq.merge(*(read_run(r) for r in refs))
 
 
 def delete_runs(spill: str) -> None:

@@ -9,8 +9,6 @@ and source position; each task also emits its counts on `stats`.
 
 from __future__ import annotations
 
-import gc
-import hashlib
 import logging
 import os
 import tempfile
@@ -95,7 +93,12 @@ class _Accumulator:
 
 class _ParseTask(beam.DoFn):
     def __init__(
-        self, request, tasks: list[ReadTask], file_order: dict[str, int], name_budget: int, spill: str
+        self,
+        request,
+        tasks: list[ReadTask],
+        file_order: dict[str, int],
+        name_budget: int,
+        spill: str,
     ):
         self._request = request
         self._tasks = tasks
@@ -140,24 +143,19 @@ class _ParseTask(beam.DoFn):
 
     def process(self, task_index: int):
         task = self._tasks[task_index]
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # millions of short-lived dicts: the cyclic GC would walk them all for nothing
-        try:
+        with runs.paused_gc():
             acc = _Accumulator(task_index)
             records = _TaskRecords(task, self._file_order[task.url])
             if task.fmt == "jsonl" and self._request.export_type == "events":
                 self._events_jsonl(records, acc)
             else:
                 self._general(records, acc)
-            runs = self._write_runs(task_index, acc)
+            refs = self._write_runs(task_index, acc)
             if self._xml:
                 acc.stats["xml_replaced"] = sum(e.replaced_chars for e in self._xml.values())
                 for e in self._xml.values():
                     e.replaced_chars = 0
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        yield from runs
+        yield from refs
         for d in acc.dead:
             yield pvalue.TaggedOutput(DEAD_LETTERS, d)
         yield pvalue.TaggedOutput(STATS, acc.stats)
@@ -168,26 +166,28 @@ class _ParseTask(beam.DoFn):
             task.label,
             f"{acc.stats['read']:,}",
             acc.stats["bad"],
-            len(runs),
+            len(refs),
         )
 
     def _write_runs(self, task_index: int, acc: _Accumulator) -> list[tuple]:
+        """Sort each series found and write it to the task's run file. Returns (series key, RunRef) pairs."""
+        if not acc.series:
+            return []
         profiles = self._request.export_type == "profiles"
         out = []
-        for key, recs in acc.series.items():
-            recs.sort()  # by (ts, line, position): series order, and a fixed order for identical records
-            name = f"{task_index:06d}-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.run"
-            path = runs.local_path(self._spill, name)
-            if path is None:  # a gs:// spill location: write locally, then upload
-                with tempfile.TemporaryDirectory(prefix="ctexport-run-") as tmp:
-                    local = os.path.join(tmp, name)
-                    nbytes = runs.write_run(local, recs, profiles)
-                    storage.open_storage(self._spill).write_file(name, local)
-                url = f"{self._spill.rstrip('/')}/{name}"
-            else:
-                nbytes = runs.write_run(path, recs, profiles)
-                url = path
-            out.append((key, RunRef(url, task_index, len(recs), nbytes)))
+        name = f"{task_index:06d}.run"
+        path = runs.local_path(self._spill, name)
+        with tempfile.TemporaryDirectory(prefix="ctexport-run-") as tmp:
+            local = path or os.path.join(tmp, name)  # a gs:// spill location: write locally, then upload
+            url = path or f"{self._spill.rstrip('/')}/{name}"
+            with runs.RunFile(local) as f:
+                for key in sorted(acc.series):
+                    recs = acc.series[key]
+                    recs.sort()  # by (ts, line, position): series order, and a fixed order for identical records
+                    offset, length, nbytes = f.add(recs, profiles)
+                    out.append((key, RunRef(url, task_index, len(recs), nbytes, offset, length)))
+            if path is None:
+                storage.open_storage(self._spill).write_file(name, local)
         return out
 
     def _general(self, records: _TaskRecords, acc: _Accumulator) -> None:
@@ -417,7 +417,12 @@ class ExtractSeries(beam.PTransform):
     """Read tasks (their indexes) -> (series key, RunRef); tagged outputs dead_letters and stats."""
 
     def __init__(
-        self, request, tasks: list[ReadTask], file_order: dict[str, int], name_budget: int, spill: str
+        self,
+        request,
+        tasks: list[ReadTask],
+        file_order: dict[str, int],
+        name_budget: int,
+        spill: str,
     ):
         super().__init__()
         self._request = request
@@ -428,5 +433,11 @@ class ExtractSeries(beam.PTransform):
 
     def expand(self, task_indexes):
         return task_indexes | "ParseValidateSelect" >> beam.ParDo(
-            _ParseTask(self._request, self._tasks, self._file_order, self._name_budget, self._spill)
+            _ParseTask(
+                self._request,
+                self._tasks,
+                self._file_order,
+                self._name_budget,
+                self._spill,
+            )
         ).with_outputs(DEAD_LETTERS, STATS, main="series")

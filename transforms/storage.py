@@ -163,6 +163,10 @@ class Storage(ABC):
     def write_file(self, name: str, local_path: str) -> None:
         """Upload a local (spool) file as object `name`; the local file is left in place."""
 
+    def move_file(self, name: str, local_path: str) -> None:
+        """Store a local (spool) file as object `name`; the local file may be gone afterwards."""
+        self.write_file(name, local_path)
+
     @abstractmethod
     def read_bytes(self, name: str) -> bytes:
         """The object's bytes; FileNotFoundError when it does not exist."""
@@ -370,6 +374,17 @@ class LocalStorage(Storage):
 
     def write_file(self, name: str, local_path: str) -> None:
         self._write_atomic(name, lambda tmp: shutil.copyfile(local_path, tmp))
+
+    def move_file(self, name: str, local_path: str) -> None:
+        """Like write_file, but the local file may be moved into place (a rename when on the same device)."""
+
+        def fill(tmp: str) -> None:
+            try:
+                os.rename(local_path, tmp)
+            except OSError:  # another device: copy
+                shutil.copyfile(local_path, tmp)
+
+        self._write_atomic(name, fill)
 
     def read_bytes(self, name: str) -> bytes:
         path = self._path(name)

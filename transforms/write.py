@@ -13,6 +13,8 @@ estimated from the series' bytes per row and rewritten with fewer rows in the ra
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import functools
 import logging
 import os
@@ -22,6 +24,7 @@ import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -265,6 +268,42 @@ def _roll_json(items: Iterable, header: bytes, max_bytes: int, spool: str) -> It
         yield flush()
 
 
+class EncodedLines(NamedTuple):
+    """A sorted series already encoded: an Arrow large_binary array of its records' bytes, line ends included
+    (`runs.sorted_lines`)."""
+
+    lines: object
+
+
+def roll_encoded(
+    series: EncodedLines, header: bytes, footer: bytes, max_bytes: int, spool: str
+) -> Iterator[Chunk | int]:
+    """Uncompressed files of encoded records: each is the header, a contiguous slice of the array's data and
+    the footer, cut where the greedy rule of `_roll_plain` cuts. Yields the index of each record too large
+    for any file alone."""
+    lines = series.lines
+    n = len(lines)
+    offsets = memoryview(lines.buffers()[1]).cast("q")[lines.offset : lines.offset + n + 1]
+    data = memoryview(lines.buffers()[2])
+    room = max_bytes - len(header) - len(footer)  # for the records of one file
+    i = n_files = 0
+    while i < n:
+        start = offsets[i]
+        j = bisect.bisect_right(offsets, start + room, i + 1, n + 1) - 1  # records i..j-1 fit together
+        if j == i:  # record i alone does not fit
+            yield i
+            i += 1
+            continue
+        path = os.path.join(spool, f"{n_files}.part")
+        with open(path, "wb") as f:
+            f.write(header)
+            f.write(data[start : offsets[j]])
+            f.write(footer)
+        yield Chunk(path, len(header) + offsets[j] - start + len(footer), i, j - i, 0)
+        n_files += 1
+        i = j
+
+
 def roll_parquet(
     items: Sequence[Item], ctx: SeriesContext, compression: str, max_bytes: int, spool: str
 ) -> Iterator[Chunk | int]:
@@ -348,7 +387,7 @@ def write_series(
     """Encode, roll and upload one sorted series.
 
     Yields ("file", info) for each object written and ("too_large", index in items) for records that cannot fit
-    a file alone. `upload(name, path)` stores a spool file under its object name. `items` may be a stream; then
+    a file alone. `upload(name, path)` stores a spool file under its object name (and may move it there). `items` may be a stream; then
     `scan()` gives the series once more, in any order, for the CSV header or the Parquet schema.
     """
     event_name, date = key
@@ -365,7 +404,10 @@ def write_series(
                 encoder = PreEncodedXml(ctx)
             else:
                 encoder = text_encoder(opts.fmt, ctx, scan() if scan is not None else items)
-            chunks = roll_text(items, encoder, opts.compression == "gzip", opts.max_file_bytes, spool)
+            if isinstance(items, EncodedLines):
+                chunks = roll_encoded(items, encoder.header(), encoder.footer(), opts.max_file_bytes, spool)
+            else:
+                chunks = roll_text(items, encoder, opts.compression == "gzip", opts.max_file_bytes, spool)
         index = 0
         for chunk in chunks:
             if isinstance(chunk, int):
@@ -376,7 +418,8 @@ def write_series(
             )
             crc = crc32c_b64(chunk.path)
             upload(name, chunk.path)
-            os.unlink(chunk.path)
+            with contextlib.suppress(FileNotFoundError):  # upload may have moved it
+                os.unlink(chunk.path)
             index += 1
             yield (
                 "file",
@@ -411,7 +454,11 @@ class _WriteSeries(beam.DoFn):
         self._store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
 
     def process(self, element):
-        key, refs = element
+        with runs.paused_gc():
+            out = list(self._write(*element))
+        return out
+
+    def _write(self, key, refs):
         refs = sorted(refs, key=lambda r: r.task)
         superseded = 0
         positions = array("q")
@@ -419,14 +466,23 @@ class _WriteSeries(beam.DoFn):
         if self._opts.kind == "profiles":
             records = []
             for ref in refs:
-                runs.read_run_into(ref.url, records)
+                runs.read_run_into(ref, records)
             items, superseded = latest_versions(records)
             positions.extend([r.pos for r in items])
             del records
+        elif (
+            self._opts.fmt in ("json", "xml")
+            and self._opts.compression != "gzip"
+            and sum(r.nbytes for r in refs) <= IN_MEMORY_SERIES_BYTES
+        ):
+            # Uncompressed JSON or XML: a file is a slice of the sorted lines, found and written in Arrow.
+            lines, sorted_pos = runs.sorted_lines(refs, b"\n" if self._opts.fmt == "json" else b"")
+            items = EncodedLines(lines)
+            positions = _ArrowPositions(sorted_pos)
         elif self._opts.fmt == "parquet" or sum(r.nbytes for r in refs) <= IN_MEMORY_SERIES_BYTES:
             records = []
             for ref in refs:
-                runs.read_run_into(ref.url, records)
+                runs.read_run_into(ref, records)
             records.sort()  # by (ts, line, position); the runs are sorted already, so Timsort merges them
             items = records  # a Record has the ts, line and created an encoder reads
             positions.extend([r[2] for r in records])
@@ -435,7 +491,7 @@ class _WriteSeries(beam.DoFn):
             scan = functools.partial(_scan_runs, refs)
 
         written = 0
-        for kind, value in write_series(key, items, self._opts, self._store.write_file, scan):
+        for kind, value in write_series(key, items, self._opts, self._store.move_file, scan):
             if kind == "file":
                 self._files.inc()
                 self._records.inc(value["records"])
@@ -458,7 +514,17 @@ class _WriteSeries(beam.DoFn):
 def _scan_runs(refs: list) -> Iterator:
     """Every record of the runs, in no particular order (for the CSV header or the Parquet schema)."""
     for ref in refs:
-        yield from runs.read_run(ref.url)
+        yield from runs.read_run(ref)
+
+
+class _ArrowPositions:
+    """Record positions in series order, as the Arrow array `runs.sorted_lines` gave them."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __getitem__(self, i: int) -> int:
+        return self._array[i].as_py()
 
 
 def _merged_items(refs: list, positions: array) -> Iterator:

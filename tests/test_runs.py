@@ -1,0 +1,136 @@
+"""Sorted runs (transforms/runs.py) and the Arrow writer path: a task's run file holds several series, each read
+back exactly; merging runs, in Python or in Arrow, gives the order a plain sort gives; and the Arrow roller
+cuts files exactly where the record-at-a-time roller cuts them."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from transforms import runs
+from transforms.formats.base import EVENTS, SeriesContext
+from transforms.formats.json import JsonEncoder
+from transforms.formats.xml import PreEncodedXml
+from transforms.write import EncodedLines, _roll_plain, roll_encoded
+
+SETTINGS = settings(
+    max_examples=int(os.environ.get("CTEXPORT_HYPOTHESIS_EXAMPLES", "60")),
+    deadline=None,
+    database=None,
+    derandomize="CTEXPORT_HYPOTHESIS_EXAMPLES" not in os.environ,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+# Few distinct times and lines, so ties on ts, on (ts, line) and exact duplicates are common; lines that are
+# prefixes of each other test the byte order of the tie-break.
+LINES = st.sampled_from(
+    [b"", b"{", b"{}", b'{"a":1}', b'{"a":1}x', b'{"a":10}', '{"é":"✓"}'.encode(), b"z" * 70]
+)
+RECORDS = st.lists(st.tuples(st.integers(0, 4), LINES), max_size=60)
+
+
+def _write_tasks(tmp_path, tasks: list[dict[str, list[tuple]]]) -> dict[str, list[runs.RunRef]]:
+    """Write each task's series to its own run file, as the parse stage does; returns the refs per series."""
+    refs: dict[str, list[runs.RunRef]] = {}
+    for t, series in enumerate(tasks):
+        with runs.RunFile(str(tmp_path / f"{t:06d}.run")) as f:
+            for key in sorted(series):
+                recs = sorted(series[key])
+                offset, length, nbytes = f.add(recs, False)
+                refs.setdefault(key, []).append(runs.RunRef(f.path, t, len(recs), nbytes, offset, length))
+    return refs
+
+
+@SETTINGS
+@given(
+    st.lists(st.dictionaries(st.sampled_from(["A", "B", "C"]), RECORDS, max_size=3), min_size=1, max_size=4)
+)
+def test_runs_read_back_and_merge_in_series_order(tmp_path_factory, tasks_spec):
+    tmp = tmp_path_factory.mktemp("runs")
+    # A record's position: task << 32 | its index in the task, as the parse stage numbers them.
+    tasks = []
+    for t, spec in enumerate(tasks_spec):
+        n = 0
+        series = {}
+        for key, recs in spec.items():
+            series[key] = []
+            for ts, line in recs:
+                series[key].append((ts, line, t << 32 | n, None, None))
+                n += 1
+        tasks.append(series)
+    refs = _write_tasks(tmp, tasks)
+    for key, key_refs in refs.items():
+        for ref in key_refs:
+            assert list(runs.read_run(ref)) == sorted(tasks[ref.task][key]), "a section reads back alone"
+        everything = sorted(r for task in tasks for r in task.get(key, []))
+        assert list(runs.merged(key_refs)) == everything
+        lines, positions = runs.sorted_lines(key_refs, b"\n")
+        assert lines.to_pylist() == [r[1] + b"\n" for r in everything]
+        assert positions.to_pylist() == [r[2] for r in everything]
+        xml_lines, _ = runs.sorted_lines(key_refs, b"")
+        assert xml_lines.to_pylist() == [r[1] for r in everything]
+
+
+def test_a_truncated_run_file_is_an_error_not_fewer_records(tmp_path):
+    recs = [(i, b"x" * 10, i, None, None) for i in range(100)]
+    with runs.RunFile(str(tmp_path / "t.run")) as f:
+        offset, length, nbytes = f.add(recs, False)
+    ref = runs.RunRef(f.path, 0, 100, nbytes, offset, length)
+    with open(f.path, "r+b") as fh:
+        fh.truncate(length - 5)
+    for read in (lambda: list(runs.read_run(ref)), lambda: runs.sorted_lines([ref], b"\n")):
+        try:
+            read()
+        except OSError as e:
+            assert "truncated" in str(e)
+        else:
+            raise AssertionError("a truncated run read without error")
+
+
+@SETTINGS
+@given(
+    st.lists(st.integers(0, 300), max_size=40),
+    st.integers(60, 700),
+    st.sampled_from(["json", "xml"]),
+    st.booleans(),
+)
+def test_arrow_roller_cuts_where_the_record_roller_cuts(tmp_path_factory, sizes, limit, fmt, header_on):
+    tmp = tmp_path_factory.mktemp("roll")
+    rng = random.Random(len(sizes) * 1000 + limit)
+    lines = [bytes(rng.randrange(97, 123) for _ in range(n)) for n in sizes]
+    ctx = SeriesContext(EVENTS, "Ev", False, header_on)
+    if fmt == "json":
+        encoder = JsonEncoder(ctx, [])
+        encoded = [line + b"\n" for line in lines]
+    else:
+        encoder = PreEncodedXml(ctx)
+        encoded = [b"<Event>" + line + b"</Event>\n" for line in lines]
+    items = [
+        runs.Record(i, e if fmt == "xml" else line, i)
+        for i, (line, e) in enumerate(zip(lines, encoded, strict=True))
+    ]
+    header, footer = encoder.header(), encoder.footer()
+
+    def chunks(gen, folder):
+        os.makedirs(folder)
+        out = []
+        for c in gen(folder):
+            if isinstance(c, int):
+                out.append(("too_large", c))
+            else:
+                with open(c.path, "rb") as f:
+                    out.append((f.read(), c.size, c.first, c.count))
+        return out
+
+    import pyarrow as pa
+
+    arrow = EncodedLines(pa.array(encoded, pa.large_binary()))
+    by_record = chunks(lambda d: _roll_plain(items, encoder, limit, d), str(tmp / "a"))
+    by_arrow = chunks(lambda d: roll_encoded(arrow, header, footer, limit, d), str(tmp / "b"))
+    assert by_arrow == by_record
+    for c in by_arrow:
+        if c[0] != "too_large":
+            assert len(c[0]) == c[1] <= limit
