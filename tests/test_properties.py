@@ -172,6 +172,69 @@ def test_parquet_round_trips_with_one_widened_schema(s):
             assert parquet_matches(line.get(g), row.get(g)), (g, line.get(g), row.get(g))
 
 
+# Values Arrow's JSON reader can read as we do (integers within 53 bits, no empty object), and some it cannot.
+ARROWISH = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1),
+        st.sampled_from([0.5, -2.25, 1e-7, 3.0, 1e300, 40.780545]),
+        st.text(TEXT, max_size=8),
+        st.sampled_from(["2024-02-12T10:00:00", "2024-02-12", "12:00"]),  # strings Arrow may see as times
+    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, min_size=1, max_size=3),
+    max_leaves=10,
+)
+
+
+@st.composite
+def arrowish_items(draw):
+    items = []
+    for ts in range(draw(st.integers(1, 8))):
+        line = {g: draw(st.dictionaries(KEYS, ARROWISH, max_size=4)) for g in GROUPS if draw(st.booleans())}
+        line = {k: v for k, v in line.items() if v} | {"ts": 20261125000000 + ts}
+        items.append(Item(1795600000 + ts, None, orjson.dumps(line)))
+    return items
+
+
+def _arrow_path_agrees(items: list[Item]) -> bool:
+    """Whether the Arrow path read `items`; when it did, it must give the Python path's schema and table."""
+    from transforms.formats import parquet
+
+    ctx = SeriesContext(EVENTS, "Ev")
+    python_schema = parquet._schema(ctx, parquet._types_in_python(ctx, items))
+    types = parquet._types_in_arrow(items)
+    if types is not None:
+        assert parquet._schema(ctx, types) == python_schema
+    table = parquet._events_table_in_arrow(ctx, python_schema, items)
+    if table is not None:
+        assert table.equals(parquet._table_in_python(ctx, python_schema, items))
+    return types is not None and table is not None
+
+
+@SETTINGS
+@given(arrowish_items())
+def test_parquet_arrow_path_gives_the_python_paths_schema_and_table(items):
+    _arrow_path_agrees(items)
+
+
+def test_parquet_arrow_path_reads_plain_events_and_declines_the_rest():
+    plain = {
+        "profile": {"objectId": "o", "phone": None},
+        "ts": 20261125000000,
+        "eventProps": {"n": 1, "x": 2.5},
+    }
+    mixed = {"ts": 20261125000001, "eventProps": {"n": 2.0, "x": "text", "when": "2024-02-12T10:00:00"}}
+    items = [Item(1, None, orjson.dumps(plain)), Item(2, None, orjson.dumps(mixed))]
+    assert _arrow_path_agrees(items[:1]), "plain events take the Arrow path"
+    # "x" is a number and a string: widened to string, which only the Python path renders (as JSON text).
+    assert not _arrow_path_agrees(items)
+    empty = dict(plain, deviceInfo={})
+    assert not _arrow_path_agrees([Item(1, None, orjson.dumps(empty))]), "{} is null here, not in Arrow"
+    big = dict(plain, eventProps={"n": 2**53 + 1})
+    assert not _arrow_path_agrees([Item(1, None, orjson.dumps(big)), items[0]])
+
+
 @SETTINGS
 @given(
     series(max_records=30),

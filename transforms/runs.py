@@ -205,14 +205,21 @@ def sorted_lines(refs: list[RunRef], line_end: bytes) -> tuple:
     table = pa.table(
         {"ts": pa.chunked_array(ts), "line": pa.chunked_array(lines), "pos": pa.chunked_array(pos)}
     )
+    del ts, lines, pos
     # (ts, line, position): the order a list of Records sorts into, identical records in source order.
-    order = pc.sort_indices(
-        table, sort_keys=[("ts", "ascending"), ("line", "ascending"), ("pos", "ascending")]
-    )
-    table = table.take(order)
-    end = pa.scalar(line_end, pa.large_binary())
-    joined = pc.binary_join_element_wise(table["line"], pa.scalar(b"", pa.large_binary()), end)
-    return joined.combine_chunks(), table["pos"].combine_chunks()
+    order = pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("line", "ascending"), ("pos", "ascending")])
+    positions = table["pos"].take(order).combine_chunks()
+    lines = table["line"].take(order)
+    del table  # and with it the runs' bytes: at most two copies of the series' lines are held at once
+    if line_end:
+        lines = pc.binary_join_element_wise(
+            lines, pa.scalar(b"", pa.large_binary()), pa.scalar(line_end, pa.large_binary())
+        )
+    if lines.num_chunks != 1:
+        lines = lines.combine_chunks()
+    else:
+        lines = lines.chunk(0)
+    return lines, positions
 
 
 def _arrow_frames(ref: RunRef) -> Iterator[tuple]:

@@ -119,6 +119,13 @@ def _arrow_type(t: Any) -> pa.DataType:
 
 def series_schema(ctx: SeriesContext, items: Iterable[Item]) -> pa.Schema:
     """The schema of a whole series: every property of every record, widened where their types differ."""
+    types = _types_in_arrow(items) if ctx.kind == EVENTS else None
+    if types is None:
+        types = _types_in_python(ctx, items)
+    return _schema(ctx, types)
+
+
+def _types_in_python(ctx: SeriesContext, items: Iterable[Item]) -> dict[str, Any]:
     names = EVENT_OBJECTS if ctx.kind == EVENTS else (*_PROFILE_COLUMNS, PROFILE_OBJECT)
     types: dict[str, Any] = dict.fromkeys(names)
     loads = orjson.loads
@@ -128,7 +135,10 @@ def series_schema(ctx: SeriesContext, items: Iterable[Item]) -> pa.Schema:
             value = data.get(name)
             if value is not None:
                 types[name] = _merge(types[name], value)
+    return types
 
+
+def _schema(ctx: SeriesContext, types: dict[str, Any]) -> pa.Schema:
     def field(name: str) -> pa.Field:
         return pa.field(name, _arrow_type(types[name]))
 
@@ -145,6 +155,14 @@ def series_schema(ctx: SeriesContext, items: Iterable[Item]) -> pa.Schema:
 
 def to_table(ctx: SeriesContext, schema: pa.Schema, items: Sequence[Item]) -> pa.Table:
     """A table of `schema` (from `series_schema` of the whole series) holding `items`, in their order."""
+    if ctx.kind == EVENTS:
+        table = _events_table_in_arrow(ctx, schema, items)
+        if table is not None:
+            return table
+    return _table_in_python(ctx, schema, items)
+
+
+def _table_in_python(ctx: SeriesContext, schema: pa.Schema, items: Sequence[Item]) -> pa.Table:
     loads = orjson.loads
     records = [loads(item.line) for item in items]
     arrays = []
@@ -159,6 +177,91 @@ def to_table(ctx: SeriesContext, schema: pa.Schema, items: Sequence[Item]) -> pa
             arrays.append(pa.array([ctx.event_name] * len(items), pa.string()))
         else:
             arrays.append(_column([r.get(name) for r in records], f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# The same in Arrow's JSON reader, in C++, for events whose data lines are plain enough that its reading is
+# ours: no empty object (Arrow reads {} as a struct of nulls, which is null here) and no run of 16 digits (so
+# every integer fits 53 bits, and Arrow's int-to-double promotion is exact, as the widening rule wants). A
+# type mix it cannot read (a property widened to string, say) raises, and the Python path above decides.
+# tests/test_properties.py holds both paths to the same schemas and tables.
+
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
+def _arrow_can_read(blob: bytes) -> bool:
+    return b"{}" not in blob and b"0" * 16 not in blob.translate(_DIGITS_AS_ZERO)
+
+
+def _read_json(blob: bytes, schema: pa.Schema | None) -> pa.Table:
+    import io
+
+    import pyarrow.json as pj
+
+    read = pj.ReadOptions(use_threads=False, block_size=max(len(blob) + 1, 1 << 20))  # one block
+    parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore" if schema else "infer")
+    return pj.read_json(io.BytesIO(blob), read_options=read, parse_options=parse)
+
+
+def _types_in_arrow(items: Iterable[Item]) -> dict[str, Any] | None:
+    """The events series' property types as Arrow infers them, or None when only Python can tell."""
+    blob = b"\n".join([item.line for item in items])
+    if not blob or not _arrow_can_read(blob):
+        return None
+    try:
+        schema = _read_json(blob, None).schema
+        return {
+            name: _from_arrow(schema.field(name).type) if name in schema.names else None
+            for name in EVENT_OBJECTS
+        }
+    except (*_ARROW_ERRORS, _Unsure):
+        return None
+
+
+class _Unsure(Exception):
+    """An inferred Arrow type with no counterpart here."""
+
+
+def _from_arrow(t: pa.DataType) -> Any:
+    """The type `_merge` gives values that Arrow inferred as `t` (integers known to fit 53 bits)."""
+    if pa.types.is_null(t):
+        return None
+    if pa.types.is_boolean(t):
+        return _BOOL
+    if pa.types.is_integer(t):
+        return _INT
+    if pa.types.is_floating(t):
+        return _DOUBLE
+    if pa.types.is_string(t) or pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return _STRING  # Arrow sees timestamps in some strings; with our schema it reads them as text
+    if pa.types.is_list(t):
+        out = _List()
+        out.item = _from_arrow(t.value_type)
+        return out
+    if pa.types.is_struct(t) and t.num_fields:
+        out = _Struct()
+        out.fields = {f.name: _from_arrow(f.type) for f in t}
+        return out
+    raise _Unsure(str(t))
+
+
+def _events_table_in_arrow(ctx: SeriesContext, schema: pa.Schema, items: Sequence[Item]) -> pa.Table | None:
+    objects = [f for f in schema if f.name in EVENT_OBJECTS]
+    blob = b"\n".join([item.line for item in items])
+    if not blob or not _arrow_can_read(blob):
+        return None
+    try:
+        parsed = _read_json(blob, pa.schema(objects))
+    except _ARROW_ERRORS:
+        return None
+    if parsed.num_rows != len(items):
+        return None
+    arrays = [
+        pa.array([item.ts * 1_000_000 for item in items], TIMESTAMP),
+        pa.array([ctx.event_name] * len(items), pa.string()),
+    ]
+    arrays += [parsed.column(f.name).combine_chunks() for f in objects]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
