@@ -22,10 +22,11 @@ from transforms.finalize import RUN_FAILED, Finalize
 from transforms.runs import SPILL_DIR, delete_runs, delete_stale_runs
 from transforms.series import ExtractSeries
 from transforms.sources import RANGE_BYTES, plan_reads
-from transforms.write import WriteSeries
+from transforms.write import SHARD_BYTES, WriteSeries
 
 log = logging.getLogger("ctexport")
 DEBUG_ENV = "CTEXPORT_DEBUG"
+SHARD_BYTES_ENV = "CTEXPORT_SHARD_BYTES"  # tuning: the data size above which a series is written in shards
 
 
 def build_pipeline(
@@ -34,10 +35,12 @@ def build_pipeline(
     files: list[storage.SourceFile],
     spill: str | None = None,
     range_bytes: int = RANGE_BYTES,
+    shard_bytes: int = SHARD_BYTES,
 ):
     """Add the export to `p`; returns the PCollection holding the run's manifest (one dict).
 
     spill: where the sorted runs go (default: a fresh folder under the temp location, see `spill_location`).
+    shard_bytes: an events series with more data than this is written in shards (JSON and XML).
     """
     if spill is None:
         spill = spill_location(p.options, request)[1]
@@ -58,7 +61,7 @@ def build_pipeline(
     written = (
         parsed.series
         | "GroupBySeries" >> beam.GroupByKey()
-        | "WriteSeries" >> WriteSeries(request, tasks, file_order)
+        | "WriteSeries" >> WriteSeries(request, tasks, file_order, shard_bytes)
     )
     dead = (parsed.dead_letters, written.dead_letters) | "AllDeadLetters" >> beam.Flatten()
     stats = (parsed.stats, written.stats) | "AllStats" >> beam.Flatten()
@@ -198,7 +201,8 @@ def _run(argv: list[str], now: float | None) -> int:
         delete_stale_runs(temp_root, naming.run_prefix(request.request_id, request.run_ts))
     try:
         p = beam.Pipeline(runner=make_runner(options), options=options)
-        build_pipeline(p, request, files, spill)
+        shard_bytes = int(os.environ.get(SHARD_BYTES_ENV, SHARD_BYTES))
+        build_pipeline(p, request, files, spill, shard_bytes=shard_bytes)
         result = p.run()
         result.wait_until_finish()
         state = getattr(result, "state", None)

@@ -182,19 +182,26 @@ def objects(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.pipeline
 @pytest.mark.slow
-def test_multi_process_direct_runner_writes_the_same_objects(data, tmp_path, capsys):
-    """Two worker processes split the reads and the series differently from one: the objects are the same."""
+@pytest.mark.parametrize("fmt,compression,shard_bytes", [("csv", "gzip", None), ("json", "none", "3000")])
+def test_multi_process_direct_runner_writes_the_same_objects(
+    data, tmp_path, capsys, monkeypatch, fmt, compression, shard_bytes
+):
+    """Two worker processes split the reads and the series differently from one: the objects are the same.
+    With small shards, the shards of a series spread over both workers and are numbered after."""
+    if shard_bytes:
+        monkeypatch.setenv("CTEXPORT_SHARD_BYTES", shard_bytes)  # the workers inherit it
     common = [
         "--source", f"{data}/events-*", "--request_id", "req_1", "--database_id", DB,
         "--run_timestamp", RUN_TS, "--start", "20261125", "--end", "20261127",
-        "--format", "csv", "--compression", "gzip", "--max_file_bytes", "4000",
+        "--format", fmt, "--compression", compression, "--max_file_bytes", "4000",
     ]  # fmt: skip
     # The manifest records the output location: give both runs the same folder name, in two parents.
     one, two = tmp_path / "one" / "exports", tmp_path / "two" / "exports"
     assert run(common + ["--output", str(one)]) == 0
     multi = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
     assert run(common + ["--output", str(two)] + multi) == 0
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert (" shards" in err) == bool(shard_bytes)
     a, b = objects(one), objects(two)
     manifest = naming.manifest_name("req_1", RUN_TS)
     ma, mb = json.loads(a.pop(manifest)), json.loads(b.pop(manifest))

@@ -713,3 +713,56 @@ def test_a_byte_order_mark_at_the_start_of_a_file_is_not_part_of_the_first_recor
         "exported": 2,
         "bad": 0,
     }
+
+
+def _records_by_series(folder: Path, fmt: str) -> dict[tuple[str, str], list[tuple[int, list[bytes]]]]:
+    """(event, date) -> [(file index, its record lines)] of an export's data files."""
+    out: dict = {}
+    for p in data_files(folder):
+        m = naming.NAME_RE.match(p.name)
+        assert m, p.name
+        lines = p.read_bytes().split(b"\n")
+        assert lines[-1] == b""
+        if fmt == "json":
+            body = lines[1:-1]  # after the event name
+        else:
+            assert (
+                lines[:2] == [b'<?xml version="1.0" encoding="UTF-8"?>', b"<Events>"]
+                and lines[-2] == b"</Events>"
+            )
+            body = lines[2:-2]
+        key = (naming.decode_event_name(m["event"]), m["date"])
+        out.setdefault(key, []).append((int(m["idx"]), body))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_a_series_written_in_shards_keeps_its_order_and_numbers_files_0_to_n(
+    data, tmp_path, capsys, monkeypatch, fmt
+):
+    flags = ["--format", fmt, "--max_file_bytes", "9000"]
+    status, _, err = export(capsys, *flags, source=f"{data}/events-*", output=tmp_path / "whole")
+    assert status == 0, err
+    monkeypatch.setenv("CTEXPORT_SHARD_BYTES", "4000")  # every series of more than 4000 data bytes
+    status, _, err = export(capsys, *flags, source=f"{data}/events-*", output=tmp_path / "sharded")
+    assert status == 0, err
+    assert " shards" in err
+    whole, sharded = (
+        _records_by_series(tmp_path / "whole", fmt),
+        _records_by_series(tmp_path / "sharded", fmt),
+    )
+    assert whole.keys() == sharded.keys()
+    more_files = 0
+    for key, files in sharded.items():
+        files.sort()
+        assert [i for i, _ in files] == list(range(len(files))), f"{key}: files numbered 0..n-1"
+        in_order = [line for _, body in files for line in body]
+        assert in_order == [line for _, body in sorted(whole[key]) for line in body], (
+            f"{key}: same records, same order"
+        )
+        more_files += len(files) - len(whole[key])
+    assert more_files > 0, "shards did split series"
+    assert all(p.stat().st_size <= 9000 for p in data_files(tmp_path / "sharded"))
+    m = manifest(tmp_path / "sharded")
+    assert sorted(f["name"] for f in m["files"]) == sorted(p.name for p in data_files(tmp_path / "sharded"))
+    assert not [p for p in (tmp_path / "sharded").rglob("*") if "~" in p.name], "no shard part left"

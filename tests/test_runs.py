@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from transforms import runs
@@ -134,3 +134,45 @@ def test_arrow_roller_cuts_where_the_record_roller_cuts(tmp_path_factory, sizes,
     for c in by_arrow:
         if c[0] != "too_large":
             assert len(c[0]) == c[1] <= limit
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 20), st.integers(0, 90)), max_size=40), min_size=1, max_size=4
+    ),
+    st.integers(1, 2000),
+)
+def test_shard_spans_cut_a_series_into_ordered_spans_that_read_back_whole(
+    tmp_path_factory, tasks_spec, shard
+):
+    assume(any(tasks_spec))  # a series has a record
+    tmp = tmp_path_factory.mktemp("spans")
+    tasks = [
+        {"A": [(ts, b"x" * n, t << 32 | i, None, None) for i, (ts, n) in enumerate(recs)]}
+        for t, recs in enumerate(tasks_spec)
+    ]
+    refs = _write_tasks(tmp, [t for t in tasks if t["A"]]).get("A", [])
+    everything = sorted(r for task in tasks for r in task["A"])
+    spans = runs.shard_spans(refs, shard)
+    total = sum(len(r[1]) for r in everything)
+    if total <= shard:
+        assert spans == [(runs.ALL, total)]
+    bounds = [span for span, _ in spans]
+    assert bounds[0][0] == runs.ALL[0] and bounds[-1][1] == runs.ALL[1]
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(bounds, bounds[1:], strict=False)), "contiguous"
+    parts = []
+    for span, nbytes in spans:
+        part = list(runs.merged(refs, span))
+        assert part, "no span is empty"
+        assert sum(len(r[1]) for r in part) == nbytes
+        lines, positions = runs.sorted_lines(refs, b"", span)
+        assert lines.to_pylist() == [r[1] for r in part] and positions.to_pylist() == [r[2] for r in part]
+        parts += part
+    assert parts == everything, "the spans in order are the series in order, each record once"
+    if len(spans) > 1:
+        # Spans are near the asked size: a span passes it by less than one timestamp's records.
+        per_ts = {}
+        for r in everything:
+            per_ts[r[0]] = per_ts.get(r[0], 0) + len(r[1])
+        assert all(nbytes <= shard + max(per_ts.values()) for _, nbytes in spans)

@@ -117,6 +117,17 @@ def test_move_file_stores_the_spool_file(store, tmp_path):
     assert store.list("x/") == [ObjectInfo("x/part.json", 4000, crc32c_b64(b"row\n" * 1000))]
 
 
+def test_rename_moves_the_object_and_is_idempotent(store):
+    store.write_bytes("r-1-~part-0.part", b"data")
+    store.write_bytes("r-1-ev-20261125-0-db.json", b"old")  # replaced
+    store.rename("r-1-~part-0.part", "r-1-ev-20261125-0-db.json")
+    assert store.read_bytes("r-1-ev-20261125-0-db.json") == b"data"
+    assert [o.name for o in store.list("r-1-")] == ["r-1-ev-20261125-0-db.json"]
+    store.rename("r-1-~part-0.part", "r-1-ev-20261125-0-db.json")  # a retried step: done already
+    with pytest.raises(FileNotFoundError):
+        store.rename("r-1-~gone.part", "r-1-ev-20261125-1-db.json")
+
+
 def test_local_move_file_across_devices_copies(tmp_path, monkeypatch):
     store = open_storage(str(tmp_path / "out"))
     spool = tmp_path / "spool.bin"

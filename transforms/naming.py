@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 NAME_RE = re.compile(
@@ -71,6 +72,14 @@ def data_name(
 def run_prefix(request_id: str, run_ts: str) -> str:
     """Every data object of one run starts with this."""
     return f"{request_id}-{run_ts}-"
+
+
+def shard_part_name(request_id: str, run_ts: str, event_name: str, date: str, shard: int, n: int) -> str:
+    """The temporary name of file `n` of one shard of a large series, until the files of all its shards are
+    numbered; a run's orphan cleanup removes any left behind (it starts with the run prefix). Not a data
+    name: `~` never follows the run prefix in one."""
+    digest = hashlib.sha1(f"{event_name}\0{date}".encode()).hexdigest()[:16]
+    return f"{run_prefix(request_id, run_ts)}~{digest}-{shard}-{n}.part"
 
 
 def errors_name(request_id: str, run_ts: str, n: int) -> str:

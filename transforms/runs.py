@@ -14,6 +14,7 @@ A run is a sequence of frames; a frame holds up to FRAME_RECORDS records as four
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import heapq
@@ -21,7 +22,7 @@ import os
 import struct
 from array import array
 from collections.abc import Iterator
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain, islice, repeat
 from typing import NamedTuple
 
 from transforms import storage
@@ -121,20 +122,42 @@ def _read_exact(f, n: int) -> bytes:
     return data
 
 
-def read_run(ref: RunRef) -> Iterator[Record]:
-    """The records of a run, in order, reading one frame at a time."""
-    for frame in _frames(ref):
+# A span of timestamps [lo, hi): a writer shard of a large series reads only its span of every run.
+Span = tuple[int, int]
+ALL: Span = (-(2**63), 2**63 - 1)
+
+
+def read_run(ref: RunRef, span: Span = ALL) -> Iterator[Record]:
+    """The records of a run (those with ts in `span`), in order, reading one frame at a time."""
+    for frame in _frames(ref, span):
         yield from frame
 
 
-def read_run_into(ref: RunRef, records: list) -> None:
-    """Append the records of a run to `records` (a frame at a time, without a generator per record)."""
-    for frame in _frames(ref):
+def read_run_into(ref: RunRef, records: list, span: Span = ALL) -> None:
+    """Append the records of a run (those with ts in `span`) to `records`, a frame at a time."""
+    for frame in _frames(ref, span):
         records.extend(frame)
 
 
-def _frames(ref: RunRef) -> Iterator:
-    """Each frame of a run as an iterable of its Records."""
+class _Frame(NamedTuple):
+    """A frame as read: its arrays as bytes, and [first, last), the records in the span asked for."""
+
+    count: int
+    ts: array
+    pos: bytes
+    lengths: array
+    created: bytes | None
+    id_lengths: array | None
+    ids: bytes | None
+    blob: bytes | None  # None when no record is in the span (or lines were not wanted): not read
+    first: int
+    last: int
+
+
+def _read_frames(ref: RunRef, span: Span = ALL, lines: bool = True) -> Iterator[_Frame]:
+    """The frames of a run. A frame with no record in `span` (or any frame, without `lines`) is read without
+    its lines: the reader seeks past them."""
+    lo, hi = span
     with storage.open_read(ref.url) as f:
         if ref.offset:
             f.seek(ref.offset)
@@ -145,58 +168,73 @@ def _frames(ref: RunRef) -> Iterator:
                 if left > 0:
                     raise OSError(f"run file {ref.url} truncated: {left} bytes of a run missing")
                 return
-            left -= len(head)
             count, has_created = _HEAD.unpack(head)
             ts = array("q")
             ts.frombytes(_read_exact(f, 8 * count))
-            pos = array("q")
-            pos.frombytes(_read_exact(f, 8 * count))
+            pos = _read_exact(f, 8 * count)
             lengths = array("I")
             lengths.frombytes(_read_exact(f, 4 * count))
-            left -= 20 * count
-            created = ids = None
+            used = len(head) + 20 * count
+            created = id_lengths = ids = None
             if has_created:
-                created = array("q")
-                created.frombytes(_read_exact(f, 8 * count))
+                created = _read_exact(f, 8 * count)
                 id_lengths = array("I")
                 id_lengths.frombytes(_read_exact(f, 4 * count))
-                blob = _read_exact(f, sum(id_lengths))
-                left -= 12 * count + len(blob)
-                ids, o = [], 0
-                for n in id_lengths:
-                    ids.append(blob[o : o + n].decode("utf-8"))
-                    o += n
-            blob = _read_exact(f, sum(lengths))
-            left -= len(blob)
-            o = 0
-            if created is None:
-                ends = list(accumulate(lengths))
-                lines = [blob[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
-                yield map(
-                    _new_tuple, repeat(Record), zip(ts, lines, pos, repeat(None), repeat(None), strict=False)
-                )
-            else:
-                frame = []
-                for k in range(count):
-                    n = lengths[k]
-                    c = created[k]
-                    frame.append(
-                        Record(ts[k], blob[o : o + n], pos[k], None if c == _NO_CREATED else c, ids[k])
-                    )
-                    o += n
-                yield frame
+                ids = _read_exact(f, sum(id_lengths))
+                used += 12 * count + len(ids)
+            size = sum(lengths)
+            first = 0 if lo <= ts[0] else bisect.bisect_left(ts, lo)
+            last = count if ts[-1] < hi else bisect.bisect_left(ts, hi)
+            blob = None
+            if lines and first < last:
+                blob = _read_exact(f, size)
+            elif size:
+                f.seek(size, os.SEEK_CUR)
+            left -= used + size
+            yield _Frame(count, ts, pos, lengths, created, id_lengths, ids, blob, first, last)
 
 
-def sorted_lines(refs: list[RunRef], line_end: bytes) -> tuple:
-    """An events series' data lines in series order, each followed by `line_end`, as one Arrow large_binary
-    array, and the records' positions in that order: the runs decoded, sorted and joined in Arrow's C++, with
-    no Python object per record. For a series small enough to hold; profiles runs are not read this way."""
+def _frames(ref: RunRef, span: Span = ALL) -> Iterator:
+    """Each frame of a run as an iterable of its Records in `span`."""
+    for fr in _read_frames(ref, span):
+        if fr.blob is None:
+            continue
+        first, last = fr.first, fr.last
+        pos = array("q")
+        pos.frombytes(fr.pos)
+        ends = list(accumulate(fr.lengths))
+        starts = chain((0,), ends)
+        if fr.created is None:
+            lines = [fr.blob[a:b] for a, b in zip(starts, ends, strict=False)]
+            records = map(
+                _new_tuple, repeat(Record), zip(fr.ts, lines, pos, repeat(None), repeat(None), strict=False)
+            )
+            yield records if (first, last) == (0, fr.count) else islice(records, first, last)
+            continue
+        created = array("q")
+        created.frombytes(fr.created)
+        ids, o = [], 0
+        for n in fr.id_lengths:
+            ids.append(fr.ids[o : o + n].decode("utf-8"))
+            o += n
+        frame = []
+        for k, (a, b) in enumerate(zip(starts, ends, strict=False)):
+            if first <= k < last:
+                c = created[k]
+                frame.append(Record(fr.ts[k], fr.blob[a:b], pos[k], None if c == _NO_CREATED else c, ids[k]))
+        yield frame
+
+
+def sorted_lines(refs: list[RunRef], line_end: bytes, span: Span = ALL) -> tuple:
+    """An events series' data lines (those with ts in `span`) in series order, each followed by `line_end`,
+    as one Arrow large_binary array, and the records' positions in that order: the runs decoded, sorted and
+    joined in Arrow's C++, with no Python object per record. For a series small enough to hold."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     ts, lines, pos = [], [], []
     for ref in sorted(refs, key=lambda r: r.task):
-        for t, line, p in _arrow_frames(ref):
+        for t, line, p in _arrow_frames(ref, span):
             ts.append(t)
             lines.append(line)
             pos.append(p)
@@ -207,7 +245,9 @@ def sorted_lines(refs: list[RunRef], line_end: bytes) -> tuple:
     )
     del ts, lines, pos
     # (ts, line, position): the order a list of Records sorts into, identical records in source order.
-    order = pc.sort_indices(table, sort_keys=[("ts", "ascending"), ("line", "ascending"), ("pos", "ascending")])
+    order = pc.sort_indices(
+        table, sort_keys=[("ts", "ascending"), ("line", "ascending"), ("pos", "ascending")]
+    )
     positions = table["pos"].take(order).combine_chunks()
     lines = table["line"].take(order)
     del table  # and with it the runs' bytes: at most two copies of the series' lines are held at once
@@ -222,44 +262,76 @@ def sorted_lines(refs: list[RunRef], line_end: bytes) -> tuple:
     return lines, positions
 
 
-def _arrow_frames(ref: RunRef) -> Iterator[tuple]:
-    """Each frame of an events run as Arrow arrays (ts, lines, positions), over one read of the run."""
+def _arrow_frames(ref: RunRef, span: Span = ALL) -> Iterator[tuple]:
+    """Each frame of an events run as Arrow arrays (ts, lines, positions) of its records in `span`."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    with storage.open_read(ref.url) as f:
-        if ref.offset:
-            f.seek(ref.offset)
-        data = f.read() if ref.length < 0 else _read_exact(f, ref.length)
-    buf = pa.py_buffer(data)
-    o = 0
-    while o < len(data):
-        count, has_created = _HEAD.unpack_from(data, o)
-        if has_created:
+    for fr in _read_frames(ref, span):
+        if fr.created is not None:
             raise ValueError("sorted_lines reads events runs only")
-        o += _HEAD.size
-        ts = pa.Array.from_buffers(pa.int64(), count, [None, buf.slice(o, 8 * count)])
-        pos = pa.Array.from_buffers(pa.int64(), count, [None, buf.slice(o + 8 * count, 8 * count)])
-        lengths = pa.Array.from_buffers(pa.uint32(), count, [None, buf.slice(o + 16 * count, 4 * count)])
-        o += 20 * count
+        if fr.blob is None:
+            continue
+        n = fr.count
+        ts = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(fr.ts)])
+        pos = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(fr.pos)])
+        lengths = pa.Array.from_buffers(pa.uint32(), n, [None, pa.py_buffer(fr.lengths)])
         offsets = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(lengths.cast(pa.int64()))])
-        size = offsets[-1].as_py()
-        if o + size > len(data):
-            raise OSError(f"run file {ref.url} truncated: a frame's lines run past its end")
         lines = pa.Array.from_buffers(
-            pa.large_binary(), count, [None, offsets.buffers()[1], buf.slice(o, size)]
+            pa.large_binary(), n, [None, offsets.buffers()[1], pa.py_buffer(fr.blob)]
         )
-        o += size
+        if (fr.first, fr.last) != (0, n):
+            k = fr.last - fr.first
+            ts, lines, pos = ts.slice(fr.first, k), lines.slice(fr.first, k), pos.slice(fr.first, k)
         yield ts, lines, pos
 
 
-def merged(refs: list[RunRef]) -> Iterator[Record]:
-    """All records of a series in series order (ts, then line), merging its sorted runs."""
+def shard_spans(refs: list[RunRef], shard_bytes: int) -> list[tuple[Span, int]]:
+    """Cut a series into spans of timestamps holding about `shard_bytes` of data lines each, in order; with
+    the bytes each holds.
+
+    Reads only the runs' timestamps and line lengths. Records of one timestamp stay in one span, so a span
+    can be larger (one timestamp holding more than shard_bytes) and there can be fewer spans than asked."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = sum(r.nbytes for r in refs)
+    n = -(-total // shard_bytes)
+    if n <= 1:
+        return [(ALL, total)]
+    ts, lengths = [], []
+    for ref in sorted(refs, key=lambda r: r.task):
+        for fr in _read_frames(ref, lines=False):
+            ts.append(pa.Array.from_buffers(pa.int64(), fr.count, [None, pa.py_buffer(fr.ts)]))
+            lengths.append(pa.Array.from_buffers(pa.uint32(), fr.count, [None, pa.py_buffer(fr.lengths)]))
+    ts, lengths = pa.chunked_array(ts, pa.int64()), pa.chunked_array(lengths, pa.uint32())
+    order = pc.sort_indices(ts)
+    ts = ts.take(order).combine_chunks()
+    ends = pc.cumulative_sum(lengths.take(order).cast(pa.int64())).combine_chunks()
+    ts_view = memoryview(ts.buffers()[1]).cast("q")[ts.offset : ts.offset + len(ts)]
+    ends_view = memoryview(ends.buffers()[1]).cast("q")[ends.offset : ends.offset + len(ends)]
+    starts = [0]  # the index of each span's first record
+    for k in range(1, n):
+        i = bisect.bisect_left(ends_view, k * total // n)  # the record where the k-th share is reached
+        if i < len(ts_view):
+            i = bisect.bisect_left(ts_view, ts_view[i])  # all of its timestamp in the next span
+            if i > starts[-1]:
+                starts.append(i)
+    bounds = [ALL[0], *(ts_view[i] for i in starts[1:]), ALL[1]]
+    ends_at = [*starts[1:], len(ts_view)]
+    return [
+        ((lo, hi), ends_view[e - 1] - (ends_view[b - 1] if b else 0))
+        for lo, hi, b, e in zip(bounds[:-1], bounds[1:], starts, ends_at, strict=True)
+    ]
+
+
+def merged(refs: list[RunRef], span: Span = ALL) -> Iterator[Record]:
+    """All records of a series (in `span`) in series order (ts, then line), merging its sorted runs."""
     refs = sorted(refs, key=lambda r: r.task)
     if len(refs) == 1:
-        return read_run(refs[0])
+        return read_run(refs[0], span)
     # Records compare by (ts, line, position): the position orders identical records the same way every time.
-    return heapq.merge(*(read_run(r) for r in refs))
+    return heapq.merge(*(read_run(r, span) for r in refs))
 
 
 def delete_runs(spill: str) -> None:

@@ -168,6 +168,11 @@ class Storage(ABC):
         self.write_file(name, local_path)
 
     @abstractmethod
+    def rename(self, name: str, new_name: str) -> None:
+        """Give object `name` the name `new_name` (replacing any object of that name). Idempotent: when `name`
+        is gone and `new_name` exists, an earlier call did it."""
+
+    @abstractmethod
     def read_bytes(self, name: str) -> bytes:
         """The object's bytes; FileNotFoundError when it does not exist."""
 
@@ -272,6 +277,19 @@ class GcsStorage(Storage):
             self._blob(name).delete(**_calls())
         except NotFound:
             pass
+
+    def rename(self, name: str, new_name: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        self._check_name(new_name)
+        bucket = self._bucket()
+        try:  # a copy within the bucket: the bytes stay in GCS
+            bucket.copy_blob(self._blob(name), bucket, self._root + new_name, **_calls())
+        except NotFound:
+            if self.exists(new_name):
+                return
+            raise FileNotFoundError(f"{self.display(name)} does not exist") from None
+        self.delete(name)
 
     def check_location(self) -> str | None:
         from google.api_core import exceptions as gx
@@ -385,6 +403,14 @@ class LocalStorage(Storage):
                 shutil.copyfile(local_path, tmp)
 
         self._write_atomic(name, fill)
+
+    def rename(self, name: str, new_name: str) -> None:
+        src, dst = self._path(name), self._path(new_name)
+        try:
+            os.replace(src, dst)
+        except FileNotFoundError:
+            if not os.path.exists(dst):
+                raise
 
     def read_bytes(self, name: str) -> bytes:
         path = self._path(name)

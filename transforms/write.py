@@ -382,13 +382,14 @@ class SeriesOptions:
 
 
 def write_series(
-    key: tuple[str, str], items: Iterable[Item], opts: SeriesOptions, upload, scan=None
+    key: tuple[str, str], items: Iterable[Item], opts: SeriesOptions, upload, scan=None, name_of=None
 ) -> Iterator[tuple[str, dict] | tuple[str, int]]:
     """Encode, roll and upload one sorted series.
 
     Yields ("file", info) for each object written and ("too_large", index in items) for records that cannot fit
     a file alone. `upload(name, path)` stores a spool file under its object name (and may move it there). `items` may be a stream; then
-    `scan()` gives the series once more, in any order, for the CSV header or the Parquet schema.
+    `scan()` gives the series once more, in any order, for the CSV header or the Parquet schema. `name_of(i)`
+    names file i (default: the data name with index i).
     """
     event_name, date = key
     kind = PROFILES if opts.kind == "profiles" else EVENTS
@@ -413,8 +414,12 @@ def write_series(
             if isinstance(chunk, int):
                 yield "too_large", chunk
                 continue
-            name = naming.data_name(
-                opts.request_id, opts.run_ts, event_name, date, index, opts.database_id, opts.ext
+            name = (
+                name_of(index)
+                if name_of is not None
+                else naming.data_name(
+                    opts.request_id, opts.run_ts, event_name, date, index, opts.database_id, opts.ext
+                )
             )
             crc = crc32c_b64(chunk.path)
             upload(name, chunk.path)
@@ -438,8 +443,49 @@ def write_series(
         shutil.rmtree(spool, ignore_errors=True)
 
 
+# A series of more data than this is written in shards, spans of its timestamps, by several workers at once;
+# each shard is then small enough for the in-memory writers.
+SHARD_BYTES = IN_MEMORY_SERIES_BYTES
+# Formats whose files depend only on their own records (CSV and Parquet need the series' header or schema).
+SHARDED_FORMATS = ("json", "xml")
+SHARD_FILES = "shard_files"
+
+
+class Shard(NamedTuple):
+    """The part of a series one writer call writes: its records with ts in `span`, file names index..."""
+
+    key: tuple[str, str]
+    refs: list
+    index: int
+    count: int
+    span: tuple[int, int]
+    nbytes: int  # its records' data lines
+
+
+class _PlanShards(beam.DoFn):
+    """(series key, [RunRef]) -> its shards: one, or for a large events series in a sharded format, spans of
+    its timestamps holding about SHARD_BYTES of data each. Depends only on the data, never on the workers."""
+
+    def __init__(self, opts: SeriesOptions, shard_bytes: int):
+        self._opts = opts
+        self._shard_bytes = shard_bytes
+
+    def process(self, element):
+        key, refs = element
+        refs = sorted(refs, key=lambda r: r.task)
+        total = sum(r.nbytes for r in refs)
+        spans = [(runs.ALL, total)]
+        o = self._opts
+        if o.kind == "events" and o.fmt in SHARDED_FORMATS and total > self._shard_bytes:
+            spans = runs.shard_spans(refs, self._shard_bytes)
+            log.info("%s %s: %d shards", key[0], key[1], len(spans))
+        for i, (span, nbytes) in enumerate(spans):
+            yield Shard(key, refs, i, len(spans), span, nbytes)
+
+
 class _WriteSeries(beam.DoFn):
-    """(series key, [RunRef]) -> file infos; records too large for a file go to the dead letters."""
+    """Shard -> file infos; records too large for a file go to the dead letters. The files of a series in
+    several shards go out on SHARD_FILES under temporary names, to be numbered by `_NumberShardFiles`."""
 
     def __init__(self, request, opts: SeriesOptions, tasks: list, file_order: dict[str, int]):
         self._request = request
@@ -453,16 +499,17 @@ class _WriteSeries(beam.DoFn):
         r = self._request
         self._store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
 
-    def process(self, element):
+    def process(self, shard: Shard):
         with runs.paused_gc():
-            out = list(self._write(*element))
+            out = list(self._write(shard))
         return out
 
-    def _write(self, key, refs):
-        refs = sorted(refs, key=lambda r: r.task)
+    def _write(self, shard: Shard):
+        key, refs, span = shard.key, shard.refs, shard.span
         superseded = 0
         positions = array("q")
         scan = None
+        size = shard.nbytes
         if self._opts.kind == "profiles":
             records = []
             for ref in refs:
@@ -473,34 +520,46 @@ class _WriteSeries(beam.DoFn):
         elif (
             self._opts.fmt in ("json", "xml")
             and self._opts.compression != "gzip"
-            and sum(r.nbytes for r in refs) <= IN_MEMORY_SERIES_BYTES
+            and size <= IN_MEMORY_SERIES_BYTES
         ):
             # Uncompressed JSON or XML: a file is a slice of the sorted lines, found and written in Arrow.
-            lines, sorted_pos = runs.sorted_lines(refs, b"\n" if self._opts.fmt == "json" else b"")
+            lines, sorted_pos = runs.sorted_lines(refs, b"\n" if self._opts.fmt == "json" else b"", span)
             items = EncodedLines(lines)
             positions = _ArrowPositions(sorted_pos)
-        elif self._opts.fmt == "parquet" or sum(r.nbytes for r in refs) <= IN_MEMORY_SERIES_BYTES:
+        elif self._opts.fmt == "parquet" or size <= IN_MEMORY_SERIES_BYTES:
             records = []
             for ref in refs:
-                runs.read_run_into(ref, records)
+                runs.read_run_into(ref, records, span)
             records.sort()  # by (ts, line, position); the runs are sorted already, so Timsort merges them
             items = records  # a Record has the ts, line and created an encoder reads
             positions.extend([r[2] for r in records])
         else:  # a large series: merge the runs as a stream; the header pass reads them once more
-            items = _merged_items(refs, positions)
-            scan = functools.partial(_scan_runs, refs)
+            items = _merged_items(refs, positions, span)
+            scan = functools.partial(_scan_runs, refs, span)
 
+        name_of = None
+        if shard.count > 1:
+            r = self._request
+            name_of = functools.partial(
+                naming.shard_part_name, r.request_id, r.run_ts, key[0], key[1], shard.index
+            )
         written = 0
-        for kind, value in write_series(key, items, self._opts, self._store.move_file, scan):
+        for kind, value in write_series(key, items, self._opts, self._store.move_file, scan, name_of):
             if kind == "file":
                 self._files.inc()
                 self._records.inc(value["records"])
                 written += value["records"]
-                yield value
+                yield (
+                    value
+                    if shard.count == 1
+                    else pvalue.TaggedOutput(SHARD_FILES, (key, (shard.index, value)))
+                )
             else:
                 yield pvalue.TaggedOutput(DEAD_LETTERS, self._too_large(positions[value]))
         yield pvalue.TaggedOutput(STATS, {"superseded": superseded})
-        log.debug("wrote %s %s: %d records", key[0], key[1], written)
+        log.debug(
+            "wrote %s %s shard %d/%d: %d records", key[0], key[1], shard.index + 1, shard.count, written
+        )
 
     def _too_large(self, packed_pos: int) -> DeadLetter:
         task = self._tasks[packed_pos >> 32]
@@ -511,10 +570,31 @@ class _WriteSeries(beam.DoFn):
         return DeadLetter(order, task.url, kind, position, TOO_LARGE, detail, text, truncated, False)
 
 
-def _scan_runs(refs: list) -> Iterator:
+def _scan_runs(refs: list, span=runs.ALL) -> Iterator:
     """Every record of the runs, in no particular order (for the CSV header or the Parquet schema)."""
     for ref in refs:
-        yield from runs.read_run(ref)
+        yield from runs.read_run(ref, span)
+
+
+class _NumberShardFiles(beam.DoFn):
+    """(series key, [(shard index, file info)]) -> the file infos under their data names: the files of all
+    shards of a series numbered 0..n-1 in shard order, each renamed from its temporary name."""
+
+    def __init__(self, request, opts: SeriesOptions):
+        self._request = request
+        self._opts = opts
+
+    def setup(self):
+        r = self._request
+        self._store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
+
+    def process(self, element):
+        (event_name, date), parts = element
+        o = self._opts
+        for n, (_, info) in enumerate(sorted(parts, key=lambda p: (p[0], p[1]["index"]))):
+            name = naming.data_name(o.request_id, o.run_ts, event_name, date, n, o.database_id, o.ext)
+            self._store.rename(info["name"], name)
+            yield {**info, "name": name, "index": n}
 
 
 class _ArrowPositions:
@@ -527,20 +607,27 @@ class _ArrowPositions:
         return self._array[i].as_py()
 
 
-def _merged_items(refs: list, positions: array) -> Iterator:
-    for r in runs.merged(refs):
+def _merged_items(refs: list, positions: array, span=runs.ALL) -> Iterator:
+    for r in runs.merged(refs, span):
         positions.append(r.pos)
         yield r
+
+
+class WrittenSeries(NamedTuple):
+    files: object  # PCollection of file infos
+    dead_letters: object
+    stats: object
 
 
 class WriteSeries(beam.PTransform):
     """Sort each series, roll it into files of at most max_file_bytes and upload them under their names."""
 
-    def __init__(self, request, tasks: list, file_order: dict[str, int]):
+    def __init__(self, request, tasks: list, file_order: dict[str, int], shard_bytes: int | None = None):
         super().__init__()
         self._request = request
         self._tasks = tasks
         self._file_order = file_order
+        self._shard_bytes = SHARD_BYTES if shard_bytes is None else shard_bytes
 
     def expand(self, grouped):
         r = self._request
@@ -555,6 +642,19 @@ class WriteSeries(beam.PTransform):
             json_header=r.json_header,
             csv_formula_guard=r.csv_formula_guard,
         )
-        return grouped | "SortRollUpload" >> beam.ParDo(
-            _WriteSeries(r, opts, self._tasks, self._file_order)
-        ).with_outputs(DEAD_LETTERS, STATS, main="files")
+        written = (
+            grouped
+            | "PlanShards" >> beam.ParDo(_PlanShards(opts, self._shard_bytes))
+            | "SpreadShards" >> beam.Reshuffle()
+            | "SortRollUpload"
+            >> beam.ParDo(_WriteSeries(r, opts, self._tasks, self._file_order)).with_outputs(
+                DEAD_LETTERS, STATS, SHARD_FILES, main="files"
+            )
+        )
+        numbered = (
+            written[SHARD_FILES]
+            | "GroupShardFiles" >> beam.GroupByKey()
+            | "NumberShardFiles" >> beam.ParDo(_NumberShardFiles(r, opts))
+        )
+        files = (written.files, numbered) | "AllFiles" >> beam.Flatten()
+        return WrittenSeries(files, written[DEAD_LETTERS], written[STATS])
