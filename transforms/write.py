@@ -466,7 +466,8 @@ class _PlanShards(beam.DoFn):
     """(series key, [RunRef]) -> its shards: one, or for a large events series in a sharded format, spans of
     its timestamps holding about SHARD_BYTES of data each. Depends only on the data, never on the workers."""
 
-    def __init__(self, opts: SeriesOptions, shard_bytes: int):
+    def __init__(self, request, opts: SeriesOptions, shard_bytes: int):
+        self._request = request
         self._opts = opts
         self._shard_bytes = shard_bytes
 
@@ -644,7 +645,7 @@ class WriteSeries(beam.PTransform):
         )
         written = (
             grouped
-            | "PlanShards" >> beam.ParDo(_PlanShards(opts, self._shard_bytes))
+            | "PlanShards" >> beam.ParDo(_PlanShards(r, opts, self._shard_bytes))
             | "SpreadShards" >> beam.Reshuffle()
             | "SortRollUpload"
             >> beam.ParDo(_WriteSeries(r, opts, self._tasks, self._file_order)).with_outputs(
