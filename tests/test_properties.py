@@ -12,6 +12,7 @@ import gzip as gzip_module
 import io
 import json
 import os
+import pickle
 import xml.etree.ElementTree as ElementTree
 from datetime import UTC, datetime
 
@@ -202,10 +203,11 @@ def _arrow_path_agrees(items: list[Item]) -> bool:
     from transforms.formats import parquet
 
     ctx = SeriesContext(EVENTS, "Ev")
-    python_schema = parquet._schema(ctx, parquet._types_in_python(ctx, items))
-    types = parquet._types_in_arrow(items)
+    lines = [i.line for i in items]
+    python_schema = parquet.schema_of(ctx, parquet._types_in_python(ctx, lines))
+    types = parquet._types_in_arrow(lines)
     if types is not None:
-        assert parquet._schema(ctx, types) == python_schema
+        assert parquet.schema_of(ctx, types) == python_schema
     table = parquet._events_table_in_arrow(ctx, python_schema, items)
     if table is not None:
         assert table.equals(parquet._table_in_python(ctx, python_schema, items))
@@ -216,6 +218,79 @@ def _arrow_path_agrees(items: list[Item]) -> bool:
 @given(arrowish_items())
 def test_parquet_arrow_path_gives_the_python_paths_schema_and_table(items):
     _arrow_path_agrees(items)
+
+
+# Few keys and plain values: the same property meets another type in another part of the series often.
+CLASHING = st.dictionaries(
+    st.sampled_from(["a", "b"]),
+    st.recursive(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-3, 3),
+            st.sampled_from([2**53 + 1, -(2**60), 0.5, "s"]),
+        ),
+        lambda inner: (
+            st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2)
+        ),
+        max_leaves=4,
+    ),
+    max_size=2,
+)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(OBJECTS | CLASHING, CLASHING), min_size=1, max_size=8), st.data())
+def test_parquet_types_of_parts_merge_into_the_types_of_the_whole(objects, data):
+    """The parse stage types each run of a series (in Arrow or Python, whichever can); the writer merges them.
+    Any cut into parts must give the schema of the whole."""
+    from transforms.formats import parquet
+
+    lines = [orjson.dumps({"profile": p, "ts": 20261125000000, "eventProps": e}) for p, e in objects]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(lines)), max_size=3)))
+    bounds = [0, *cuts, len(lines)]
+    ctx = SeriesContext(EVENTS, "Ev")
+    # Each part's types travel pickled, as in a RunRef.
+    parts = [
+        pickle.loads(pickle.dumps(parquet.lines_types(ctx, lines[a:b])))
+        for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = parquet.merge_types(merged, part)
+    assert parquet.schema_of(ctx, merged) == parquet.schema_of(ctx, parquet.lines_types(ctx, lines))
+
+
+@pytest.mark.parametrize(
+    "x", [None, True, 1, 2**53 + 1, 0.5, "s", [], [1], [0.5], [2**60], {}, {"b": 1}, {"b": "x"}, {"b": {}}]
+)
+def test_parquet_types_of_two_runs_merge_like_one_run(x):
+    """Every pair of values a property can take in two runs of a series: merged, the types of the two runs give
+    the schema that the two records typed together give."""
+    from transforms.formats import parquet
+
+    ctx = SeriesContext(EVENTS, "Ev")
+    values = [
+        None,
+        True,
+        1,
+        2**53 + 1,
+        0.5,
+        "s",
+        [],
+        [1],
+        [0.5],
+        [2**60],
+        {},
+        {"b": 1},
+        {"b": "x"},
+        {"b": {}},
+    ]
+    for y in values:
+        lines = [orjson.dumps({"ts": 1, "eventProps": {"a": v, "c": 1}}) for v in (x, y)]
+        parts = [pickle.loads(pickle.dumps(parquet.lines_types(ctx, [line]))) for line in lines]
+        whole = parquet.schema_of(ctx, parquet.lines_types(ctx, lines))
+        assert parquet.schema_of(ctx, parquet.merge_types(*parts)) == whole, (x, y)
 
 
 def test_parquet_arrow_path_reads_plain_events_and_declines_the_rest():

@@ -43,6 +43,9 @@ class RunRef(NamedTuple):
     nbytes: int  # the data lines' bytes
     offset: int = 0  # where the series' frames start in the run file
     length: int = -1  # the bytes of its frames; -1: to the end of the file
+    # What the writer needs of the whole series besides its records, for this run's part: CSV header keys or
+    # Parquet types of events (see series.py), merged over the runs so that no writer reads a series twice.
+    meta: object = None
 
 
 class Record(NamedTuple):

@@ -21,6 +21,7 @@ from apache_beam import pvalue
 
 from transforms import runs, sources, storage
 from transforms.formats.base import EVENTS, PROFILES, SeriesContext
+from transforms.formats.values import EVENT_OBJECTS
 from transforms.formats.xml import XmlEncoder
 from transforms.naming import PROFILES_NAME
 from transforms.records import BadRecord, Good, RecordChecker, decode_json, long_digit_runs
@@ -78,17 +79,29 @@ def record_text(raw: bytes | str, limit: int = RECORD_TEXT_LIMIT) -> tuple[str, 
 class _Accumulator:
     """What one read task found: records per series, dead letters, counts."""
 
-    def __init__(self, task_index: int):
+    def __init__(self, task_index: int, csv_keys: bool):
         self.base = task_index << 32  # a record's position: task index << 32 | its index in the task
         self.series: dict[tuple[str, str], list[tuple]] = {}
         self.dead: list[DeadLetter] = []
         self.stats = dict.fromkeys(STAT_KEYS, 0)
+        # CSV events: each series' keys of profile, deviceInfo and eventProps, gathered while the records are
+        # decoded, so the writer needs no pass over the series for its header.
+        self.csv_keys: dict[tuple[str, str], tuple[set, set, set]] | None = {} if csv_keys else None
 
     def add(self, good: Good, pos: int) -> None:
         recs = self.series.get(good.key)
         if recs is None:
             recs = self.series[good.key] = []
         recs.append((good.ts, good.line, self.base | pos, good.created, good.object_id))  # a Record's fields
+        if self.csv_keys is not None:
+            keys = self.csv_keys.get(good.key)
+            if keys is None:
+                keys = self.csv_keys[good.key] = (set(), set(), set())
+            data = orjson.loads(good.line)
+            for found, name in zip(keys, EVENT_OBJECTS, strict=True):
+                obj = data.get(name)
+                if obj:
+                    found.update(obj)
 
 
 class _ParseTask(beam.DoFn):
@@ -144,7 +157,8 @@ class _ParseTask(beam.DoFn):
     def process(self, task_index: int):
         task = self._tasks[task_index]
         with runs.paused_gc():
-            acc = _Accumulator(task_index)
+            r = self._request
+            acc = _Accumulator(task_index, r.format == "csv" and r.export_type == "events")
             records = _TaskRecords(task, self._file_order[task.url])
             if task.fmt == "jsonl" and self._request.export_type == "events":
                 self._events_jsonl(records, acc)
@@ -185,10 +199,25 @@ class _ParseTask(beam.DoFn):
                     recs = acc.series[key]
                     recs.sort()  # by (ts, line, position): series order, and a fixed order for identical records
                     offset, length, nbytes = f.add(recs, profiles)
-                    out.append((key, RunRef(url, task_index, len(recs), nbytes, offset, length)))
+                    meta = self._meta(key, recs, acc)
+                    out.append((key, RunRef(url, task_index, len(recs), nbytes, offset, length, meta)))
             if path is None:
                 storage.open_storage(self._spill).write_file(name, local)
         return out
+
+    def _meta(self, key: tuple[str, str], recs: list[tuple], acc: _Accumulator):
+        """What the writer of an events series needs of this run besides its records (`RunRef.meta`): the
+        CSV header's keys per object, or the Parquet property types."""
+        r = self._request
+        if r.export_type != "events":
+            return None
+        if r.format == "csv":
+            return tuple(frozenset(keys) for keys in acc.csv_keys.get(key, ((), (), ())))
+        if r.format == "parquet":
+            from transforms.formats import parquet
+
+            return parquet.lines_types(SeriesContext(EVENTS, key[0]), [rec[1] for rec in recs])
+        return None
 
     def _general(self, records: _TaskRecords, acc: _Accumulator) -> None:
         """Any source and export type: every record through the checker."""
@@ -252,6 +281,7 @@ class _ParseTask(beam.DoFn):
         minute = self._local.minute
         minutes = self._minutes
         series = acc.series
+        csv_keys = acc.csv_keys
         stats = acc.stats
         read = selected_n = out_of_scope = 0
         base = acc.base
@@ -315,6 +345,16 @@ class _ParseTask(beam.DoFn):
                     recs = series.get(key)
                     if recs is None:
                         recs = series[key] = []
+                    if csv_keys is not None:
+                        keys = csv_keys.get(key)
+                        if keys is None:
+                            keys = csv_keys[key] = (set(), set(), set())
+                        if profile:
+                            keys[0].update(profile)
+                        if device:
+                            keys[1].update(device)
+                        if props:
+                            keys[2].update(props)
                     # A Record's fields as a plain tuple. The line is copied: bytes from orjson.dumps keep their
                     # shrunk output buffer's allocation, and holding 100k of them fragments the heap (RSS 510 MB
                     # against 310 MB per 250k events, measured); a 600-byte copy costs less than that.

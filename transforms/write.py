@@ -32,6 +32,7 @@ from apache_beam import pvalue
 from transforms import naming, runs
 from transforms.formats.base import EVENTS, PROFILES, Item, SeriesContext
 from transforms.formats.json import JsonEncoder
+from transforms.formats.values import EVENT_OBJECTS
 from transforms.formats.xml import PreEncodedXml
 from transforms.records import TOO_LARGE
 from transforms.series import DEAD_LETTERS, NAMESPACE, STATS, DeadLetter, source_record
@@ -305,14 +306,16 @@ def roll_encoded(
 
 
 def roll_parquet(
-    items: Sequence[Item], ctx: SeriesContext, compression: str, max_bytes: int, spool: str
+    items: Sequence[Item], ctx: SeriesContext, compression: str, max_bytes: int, spool: str, types=None
 ) -> Iterator[Chunk | int]:
-    """Parquet files of at most max_bytes: rows per file estimated from bytes per row, checked after writing."""
+    """Parquet files of at most max_bytes: rows per file estimated from bytes per row, checked after writing.
+
+    types: the whole series' property types (`parquet.merge_types`), when known; else read from `items`."""
     import pyarrow.parquet as pq
 
-    from transforms.formats.parquet import series_schema, to_table
+    from transforms.formats.parquet import schema_of, series_schema, to_table
 
-    schema = series_schema(ctx, items)
+    schema = series_schema(ctx, items) if types is None else schema_of(ctx, types)
     codec = None if compression == "none" else compression
 
     def write(path: str, lo: int, hi: int) -> int:
@@ -382,14 +385,21 @@ class SeriesOptions:
 
 
 def write_series(
-    key: tuple[str, str], items: Iterable[Item], opts: SeriesOptions, upload, scan=None, name_of=None
+    key: tuple[str, str],
+    items: Iterable[Item],
+    opts: SeriesOptions,
+    upload,
+    scan=None,
+    name_of=None,
+    meta=None,
 ) -> Iterator[tuple[str, dict] | tuple[str, int]]:
     """Encode, roll and upload one sorted series.
 
     Yields ("file", info) for each object written and ("too_large", index in items) for records that cannot fit
     a file alone. `upload(name, path)` stores a spool file under its object name (and may move it there). `items` may be a stream; then
     `scan()` gives the series once more, in any order, for the CSV header or the Parquet schema. `name_of(i)`
-    names file i (default: the data name with index i).
+    names file i (default: the data name with index i). `meta`: the whole series' CSV keys per object (a dict)
+    or Parquet types (`parquet.merge_types`), when known already: then neither reads the series for them.
     """
     event_name, date = key
     kind = PROFILES if opts.kind == "profiles" else EVENTS
@@ -397,12 +407,16 @@ def write_series(
     spool = tempfile.mkdtemp(prefix="ctexport-")
     try:
         if opts.fmt == "parquet":
-            chunks = roll_parquet(list(items), ctx, opts.compression, opts.max_file_bytes, spool)
+            chunks = roll_parquet(list(items), ctx, opts.compression, opts.max_file_bytes, spool, meta)
         else:
             from transforms.formats.values import text_encoder
 
             if opts.fmt == "xml":  # encoded before the shuffle (series.py)
                 encoder = PreEncodedXml(ctx)
+            elif opts.fmt == "csv" and meta is not None:
+                from transforms.formats.csv import CsvEncoder
+
+                encoder = CsvEncoder(ctx, (), keys=meta)
             else:
                 encoder = text_encoder(opts.fmt, ctx, scan() if scan is not None else items)
             if isinstance(items, EncodedLines):
@@ -446,8 +460,8 @@ def write_series(
 # A series of more data than this is written in shards, spans of its timestamps, by several workers at once;
 # each shard is then small enough for the in-memory writers.
 SHARD_BYTES = IN_MEMORY_SERIES_BYTES
-# Formats whose files depend only on their own records (CSV and Parquet need the series' header or schema).
-SHARDED_FORMATS = ("json", "xml")
+# Formats written in shards: all (CSV's header and Parquet's schema come from the runs' meta, whole-series).
+SHARDED_FORMATS = ("json", "xml", "csv", "parquet")
 SHARD_FILES = "shard_files"
 
 
@@ -477,7 +491,9 @@ class _PlanShards(beam.DoFn):
         total = sum(r.nbytes for r in refs)
         spans = [(runs.ALL, total)]
         o = self._opts
-        if o.kind == "events" and o.fmt in SHARDED_FORMATS and total > self._shard_bytes:
+        # CSV and Parquet shards share the series' header or schema: only from the runs' meta.
+        whole_known = o.fmt in ("json", "xml") or all(r.meta is not None for r in refs)
+        if o.kind == "events" and o.fmt in SHARDED_FORMATS and whole_known and total > self._shard_bytes:
             spans = runs.shard_spans(refs, self._shard_bytes)
             log.info("%s %s: %d shards", key[0], key[1], len(spans))
         for i, (span, nbytes) in enumerate(spans):
@@ -538,6 +554,9 @@ class _WriteSeries(beam.DoFn):
             items = _merged_items(refs, positions, span)
             scan = functools.partial(_scan_runs, refs, span)
 
+        meta = self._series_meta(refs)
+        if meta is not None:
+            scan = None  # the header or schema is known: no pass over the series for it
         name_of = None
         if shard.count > 1:
             r = self._request
@@ -545,7 +564,7 @@ class _WriteSeries(beam.DoFn):
                 naming.shard_part_name, r.request_id, r.run_ts, key[0], key[1], shard.index
             )
         written = 0
-        for kind, value in write_series(key, items, self._opts, self._store.move_file, scan, name_of):
+        for kind, value in write_series(key, items, self._opts, self._store.move_file, scan, name_of, meta):
             if kind == "file":
                 self._files.inc()
                 self._records.inc(value["records"])
@@ -561,6 +580,19 @@ class _WriteSeries(beam.DoFn):
         log.debug(
             "wrote %s %s shard %d/%d: %d records", key[0], key[1], shard.index + 1, shard.count, written
         )
+
+    def _series_meta(self, refs: list):
+        """The whole series' CSV keys or Parquet types, merged from its runs; None when a run has none."""
+        if not refs or any(r.meta is None for r in refs):
+            return None
+        if self._opts.fmt == "csv":
+            keys = [set().union(*parts) for parts in zip(*(r.meta for r in refs), strict=True)]
+            return dict(zip(EVENT_OBJECTS, keys, strict=True))
+        if self._opts.fmt == "parquet":
+            from transforms.formats.parquet import merge_types
+
+            return functools.reduce(merge_types, (r.meta for r in refs))
+        return None
 
     def _too_large(self, packed_pos: int) -> DeadLetter:
         task = self._tasks[packed_pos >> 32]

@@ -27,22 +27,27 @@ def _guarded(text: str) -> str:
 
 
 class CsvEncoder:
-    """Encodes one series as CSV rows; the constructor reads the whole series once for the header keys."""
+    """Encodes one series as CSV rows; the constructor reads the whole series once for the header keys, unless
+    they are given."""
 
     ext = "csv"
 
-    def __init__(self, ctx: SeriesContext, items: Iterable[Item]):
+    def __init__(
+        self, ctx: SeriesContext, items: Iterable[Item], keys: dict[str, Iterable[str]] | None = None
+    ):
+        """`keys`: each object's keys over the whole series when known already (then `items` is not read)."""
         self.replaced_chars = 0
         self._guard = ctx.csv_formula_guard
         self._events = ctx.kind == EVENTS
         objects = EVENT_OBJECTS if self._events else (PROFILE_OBJECT,)
-        keys: dict[str, set[str]] = {name: set() for name in objects}
-        for item in items:
-            data = orjson.loads(item.line)
-            for name, found in keys.items():
-                obj = data.get(name)
-                if obj:
-                    found.update(obj)
+        if keys is None:
+            keys = {name: set() for name in objects}
+            for item in items:
+                data = orjson.loads(item.line)
+                for name, found in keys.items():
+                    obj = data.get(name)
+                    if obj:
+                        found.update(obj)
         # (object name, its keys in code-point order), in column order.
         self._objects = [(name, sorted(keys[name])) for name in objects]
         self._buf = io.StringIO()

@@ -14,6 +14,7 @@ whole series has no column: Parquet cannot store a struct without fields.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -29,11 +30,19 @@ _MAX_EXACT = 2**53
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 # Inferred types: these leaf markers, _List, _Struct, or None for "only nulls seen so far".
-_BOOL = "bool"
-_INT = "int"  # every integer seen fits in 53 bits
-_BIG_INT = "big_int"  # some integer does not
-_DOUBLE = "double"
-_STRING = "string"
+
+
+class _Leaf(enum.Enum):
+    """Leaf types; members stay themselves through pickling (types travel from the parse stage in RunRefs)."""
+
+    BOOL = "bool"
+    INT = "int"  # every integer seen fits in 53 bits
+    BIG_INT = "big_int"  # some integer does not
+    DOUBLE = "double"
+    STRING = "string"
+
+
+_BOOL, _INT, _BIG_INT, _DOUBLE, _STRING = _Leaf.BOOL, _Leaf.INT, _Leaf.BIG_INT, _Leaf.DOUBLE, _Leaf.STRING
 _ABSENT = object()  # a key not seen yet
 _OTHER = object()  # a value whose type is not a leaf in _SAME
 _SAME = {str: _STRING, int: _INT, float: _DOUBLE, bool: _BOOL}  # the leaf type a value keeps unchanged
@@ -119,18 +128,53 @@ def _arrow_type(t: Any) -> pa.DataType:
 
 def series_schema(ctx: SeriesContext, items: Iterable[Item]) -> pa.Schema:
     """The schema of a whole series: every property of every record, widened where their types differ."""
-    types = _types_in_arrow(items) if ctx.kind == EVENTS else None
-    if types is None:
-        types = _types_in_python(ctx, items)
-    return _schema(ctx, types)
+    return schema_of(ctx, lines_types(ctx, [item.line for item in items]))
 
 
-def _types_in_python(ctx: SeriesContext, items: Iterable[Item]) -> dict[str, Any]:
+def lines_types(ctx: SeriesContext, lines: list[bytes]) -> dict[str, Any]:
+    """The property types of records given as data lines (part of a series, or all of it): what
+    `merge_types` combines and `schema_of` turns into the schema."""
+    types = _types_in_arrow(lines) if ctx.kind == EVENTS else None
+    return _types_in_python(ctx, lines) if types is None else types
+
+
+def merge_types(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The types of two parts of a series merged: what `lines_types` gives for both parts together."""
+    return {name: _merge_type(a[name], b[name]) for name in a}
+
+
+def _merge_type(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if a is _STRING or b is _STRING:
+        return _STRING
+    if a.__class__ is _Struct and b.__class__ is _Struct:
+        out = _Struct()
+        out.fields = dict(a.fields)
+        for key, t in b.fields.items():
+            out.fields[key] = _merge_type(out.fields[key], t) if key in out.fields else t
+        return out
+    if a.__class__ is _List and b.__class__ is _List:
+        out = _List()
+        out.item = _merge_type(a.item, b.item)
+        return out
+    if a.__class__ in (_Struct, _List) or b.__class__ in (_Struct, _List) or _BOOL in (a, b):
+        return _STRING if a is not b else a
+    if a is b:
+        return a
+    return {frozenset((_INT, _BIG_INT)): _BIG_INT, frozenset((_INT, _DOUBLE)): _DOUBLE}.get(
+        frozenset((a, b)), _STRING
+    )
+
+
+def _types_in_python(ctx: SeriesContext, lines: Iterable[bytes]) -> dict[str, Any]:
     names = EVENT_OBJECTS if ctx.kind == EVENTS else (*_PROFILE_COLUMNS, PROFILE_OBJECT)
     types: dict[str, Any] = dict.fromkeys(names)
     loads = orjson.loads
-    for item in items:
-        data = loads(item.line)
+    for line in lines:
+        data = loads(line)
         for name in names:
             value = data.get(name)
             if value is not None:
@@ -138,7 +182,7 @@ def _types_in_python(ctx: SeriesContext, items: Iterable[Item]) -> dict[str, Any
     return types
 
 
-def _schema(ctx: SeriesContext, types: dict[str, Any]) -> pa.Schema:
+def schema_of(ctx: SeriesContext, types: dict[str, Any]) -> pa.Schema:
     def field(name: str) -> pa.Field:
         return pa.field(name, _arrow_type(types[name]))
 
@@ -204,9 +248,9 @@ def _read_json(blob: bytes, schema: pa.Schema | None) -> pa.Table:
     return pj.read_json(io.BytesIO(blob), read_options=read, parse_options=parse)
 
 
-def _types_in_arrow(items: Iterable[Item]) -> dict[str, Any] | None:
-    """The events series' property types as Arrow infers them, or None when only Python can tell."""
-    blob = b"\n".join([item.line for item in items])
+def _types_in_arrow(lines: list[bytes]) -> dict[str, Any] | None:
+    """The events' property types as Arrow infers them, or None when only Python can tell."""
+    blob = b"\n".join(lines)
     if not blob or not _arrow_can_read(blob):
         return None
     try:
