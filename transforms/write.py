@@ -396,9 +396,9 @@ def write_series(
     """Encode, roll and upload one sorted series.
 
     Yields ("file", info) for each object written and ("too_large", index in items) for records that cannot fit
-    a file alone. `upload(name, path)` stores a spool file under its object name (and may move it there). `items` may be a stream; then
-    `scan()` gives the series once more, in any order, for the CSV header or the Parquet schema. `name_of(i)`
-    names file i (default: the data name with index i). `meta`: the whole series' CSV keys per object (a dict)
+    a file alone. `upload(name, path)` stores a spool file under its object name (and may move it there).
+    `items` may be a stream; then `scan()` gives the series once more, in any order, for the CSV header or the
+    Parquet schema. `name_of(i)` names file i (default: the data name with index i). `meta`: the whole series' CSV keys per object (a dict)
     or Parquet types (`parquet.merge_types`), when known already: then neither reads the series for them.
     """
     event_name, date = key
@@ -460,8 +460,6 @@ def write_series(
 # A series of more data than this is written in shards, spans of its timestamps, by several workers at once;
 # each shard is then small enough for the in-memory writers.
 SHARD_BYTES = IN_MEMORY_SERIES_BYTES
-# Formats written in shards: all (CSV's header and Parquet's schema come from the runs' meta, whole-series).
-SHARDED_FORMATS = ("json", "xml", "csv", "parquet")
 SHARD_FILES = "shard_files"
 
 
@@ -491,9 +489,9 @@ class _PlanShards(beam.DoFn):
         total = sum(r.nbytes for r in refs)
         spans = [(runs.ALL, total)]
         o = self._opts
-        # CSV and Parquet shards share the series' header or schema: only from the runs' meta.
+        # Every format shards; CSV and Parquet shards share the series' header or schema, from the runs' meta.
         whole_known = o.fmt in ("json", "xml") or all(r.meta is not None for r in refs)
-        if o.kind == "events" and o.fmt in SHARDED_FORMATS and whole_known and total > self._shard_bytes:
+        if o.kind == "events" and whole_known and total > self._shard_bytes:
             spans = runs.shard_spans(refs, self._shard_bytes)
             log.info("%s %s: %d shards", key[0], key[1], len(spans))
         for i, (span, nbytes) in enumerate(spans):
@@ -527,6 +525,7 @@ class _WriteSeries(beam.DoFn):
         positions = array("q")
         scan = None
         size = shard.nbytes
+        meta = self._series_meta(refs)  # the series' CSV keys or Parquet types, when the runs carry them
         if self._opts.kind == "profiles":
             records = []
             for ref in refs:
@@ -550,13 +549,10 @@ class _WriteSeries(beam.DoFn):
             records.sort()  # by (ts, line, position); the runs are sorted already, so Timsort merges them
             items = records  # a Record has the ts, line and created an encoder reads
             positions.extend([r[2] for r in records])
-        else:  # a large series: merge the runs as a stream; the header pass reads them once more
+        else:  # a large series: merge the runs as a stream
             items = _merged_items(refs, positions, span)
-            scan = functools.partial(_scan_runs, refs, span)
-
-        meta = self._series_meta(refs)
-        if meta is not None:
-            scan = None  # the header or schema is known: no pass over the series for it
+            if meta is None:  # the header pass reads the runs once more
+                scan = functools.partial(_scan_runs, refs, span)
         name_of = None
         if shard.count > 1:
             r = self._request
