@@ -304,30 +304,35 @@ class _Rows(list):
     write = list.append
 
 
+def csv_header(groups: list[tuple[str, list[str]]]) -> list[str]:
+    """The header cells for the (object, keys) groups of a series."""
+    return ["eventName", "ts", *(f"{o}.{k}" for o, keys in groups for k in keys)]
+
+
+def csv_row(
+    name: str, d: dict, groups: list[tuple[str, list[str]]], empty: dict[str, list[str]]
+) -> list[str]:
+    """The cells of one decoded data line; `empty` holds each object's row of empty cells."""
+    row = [name, str(d["ts"])]
+    for o, keys in groups:
+        obj = d.get(o)
+        if obj:
+            get = obj.get
+            row += [v if (v := get(k)).__class__ is str else value_text(v) for k in keys]
+        else:
+            row += empty[o]
+    return row
+
+
 def csv_series(name: str, recs: list) -> tuple[bytes, list[bytes], bytes]:
     """(header, encoded rows, footer) of a sorted series; two passes: the keys, then the rows."""
     groups = csv_keys(recs)
     sink = _Rows()
     w = csv.writer(sink, lineterminator="\r\n")
-    w.writerow(["eventName", "ts", *(f"{o}.{k}" for o, keys in groups for k in keys)])
+    w.writerow(csv_header(groups))
     empty = {o: [""] * len(keys) for o, keys in groups}
     loads = orjson.loads
-    text = value_text
-
-    def rows():
-        for _ts, line in recs:
-            d = loads(line)
-            row = [name, str(d["ts"])]
-            for o, keys in groups:
-                obj = d.get(o)
-                if obj:
-                    get = obj.get
-                    row += [v if (v := get(k)).__class__ is str else text(v) for k in keys]
-                else:
-                    row += empty[o]
-            yield row
-
-    w.writerows(rows())
+    w.writerows(csv_row(name, loads(line), groups, empty) for _ts, line in recs)
     header = sink[0].encode()
     return header, [r.encode() for r in sink[1:]], b""
 

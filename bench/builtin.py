@@ -153,16 +153,7 @@ def csv_record(rec, headers):
     """(destination, header row, data row) with the destination's columns (the union over its records)."""
     dest, name, ts, line = rec
     header, groups, empty = headers[dest]
-    d = orjson.loads(line)
-    row = [name, str(d["ts"])]
-    text = baseline.value_text
-    for o, keys in groups:
-        obj = d.get(o)
-        if obj:
-            get = obj.get
-            row += [v if (v := get(k)).__class__ is str else text(v) for k in keys]
-        else:
-            row += empty[o]
+    row = baseline.csv_row(name, orjson.loads(line), groups, empty)
     sink = baseline._Rows()
     baseline.csv.writer(sink, lineterminator="\r\n").writerow(row)
     return dest, header, sink[0].encode()
@@ -173,9 +164,7 @@ def csv_headers(item):
     dest, cols = item
     groups = [(o, sorted(k for oo, k in cols if oo == o)) for o in OBJECTS]
     sink = baseline._Rows()
-    baseline.csv.writer(sink, lineterminator="\r\n").writerow(
-        ["eventName", "ts", *(f"{o}.{k}" for o, keys in groups for k in keys)]
-    )
+    baseline.csv.writer(sink, lineterminator="\r\n").writerow(baseline.csv_header(groups))
     return dest, (sink[0].encode(), groups, {o: [""] * len(keys) for o, keys in groups})
 
 

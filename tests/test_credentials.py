@@ -418,22 +418,9 @@ def test_destination_used_by_create(capsys, tmp_path, gcs, gcs_bucket, gcs_emula
         )
         + "\n"
     )
-    status = requests_cli.create_main(
-        [
-            "--source",
-            str(events),
-            "--days",
-            "2",
-            "--destination",
-            "wh",
-            "--database-id",
-            "W4R-565-5Z4Z",
-            "--state",
-            str(st),
-            "--now",
-            "20261127000000",
-        ]
-    )
+    create = ["--source", str(events), "--days", "2", "--destination", "wh"]
+    create += ["--database-id", "W4R-565-5Z4Z", "--state", str(st)]
+    status = requests_cli.create_main(create + ["--now", "20261127000000"])
     out, err = capsys.readouterr()
     assert status == 0, err
     request_id = out.splitlines()[-1]
@@ -451,18 +438,5 @@ def test_destination_used_by_create(capsys, tmp_path, gcs, gcs_bucket, gcs_emula
 
     status = requests_cli.destinations_main(["remove", "wh", "--state", str(st)])
     assert status == 0 and not (st / "destinations" / "wh.json").exists()
-    status = requests_cli.create_main(
-        [
-            "--source",
-            str(events),
-            "--days",
-            "2",
-            "--destination",
-            "wh",
-            "--database-id",
-            "W4R-565-5Z4Z",
-            "--state",
-            str(st),
-        ]
-    )
+    status = requests_cli.create_main(create)
     assert status == 2 and "no destination 'wh'" in capsys.readouterr().err
