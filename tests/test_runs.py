@@ -14,7 +14,7 @@ from transforms import runs
 from transforms.formats.base import EVENTS, SeriesContext
 from transforms.formats.json import JsonEncoder
 from transforms.formats.xml import PreEncodedXml
-from transforms.write import EncodedLines, _roll_plain, roll_encoded
+from transforms.write import _roll_plain, roll_encoded
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("CTEXPORT_HYPOTHESIS_EXAMPLES", "60")),
@@ -67,11 +67,14 @@ def test_runs_read_back_and_merge_in_series_order(tmp_path_factory, tasks_spec):
             assert list(runs.read_run(ref)) == sorted(tasks[ref.task][key]), "a section reads back alone"
         everything = sorted(r for task in tasks for r in task.get(key, []))
         assert list(runs.merged(key_refs)) == everything
-        lines, positions = runs.sorted_lines(key_refs, b"\n")
-        assert lines.to_pylist() == [r[1] + b"\n" for r in everything]
-        assert positions.to_pylist() == [r[2] for r in everything]
-        xml_lines, _ = runs.sorted_lines(key_refs, b"")
-        assert xml_lines.to_pylist() == [r[1] for r in everything]
+        json_lines = runs.sorted_lines(key_refs, b"\n")
+        assert json_lines.in_order().to_pylist() == [r[1] + b"\n" for r in everything]
+        assert json_lines.sizes().to_pylist() == [len(r[1]) + 1 for r in everything]
+        assert json_lines.positions.to_pylist() == [r[2] for r in everything]
+        xml_lines = runs.sorted_lines(key_refs, b"")
+        assert xml_lines.in_order().to_pylist() == [r[1] for r in everything]
+        if everything:
+            assert xml_lines.in_order(1).to_pylist() == [r[1] for r in everything[1:]]
 
 
 def test_a_truncated_run_file_is_an_error_not_fewer_records(tmp_path):
@@ -96,8 +99,11 @@ def test_a_truncated_run_file_is_an_error_not_fewer_records(tmp_path):
     st.integers(60, 700),
     st.sampled_from(["json", "xml"]),
     st.booleans(),
+    st.integers(1, 5),
 )
-def test_arrow_roller_cuts_where_the_record_roller_cuts(tmp_path_factory, sizes, limit, fmt, header_on):
+def test_arrow_roller_cuts_where_the_record_roller_cuts(
+    tmp_path_factory, sizes, limit, fmt, header_on, piece
+):
     tmp = tmp_path_factory.mktemp("roll")
     rng = random.Random(len(sizes) * 1000 + limit)
     lines = [bytes(rng.randrange(97, 123) for _ in range(n)) for n in sizes]
@@ -127,9 +133,19 @@ def test_arrow_roller_cuts_where_the_record_roller_cuts(tmp_path_factory, sizes,
 
     import pyarrow as pa
 
-    arrow = EncodedLines(pa.array(encoded, pa.large_binary()))
+    # The lines as a run holds them: in some other order, `order` telling the series order.
+    shuffled = list(range(len(lines)))
+    rng.shuffle(shuffled)
+    stored = [(lines if fmt == "json" else encoded)[k] for k in shuffled]
+    order = sorted(range(len(stored)), key=lambda k: shuffled[k])
+    arrow = runs.SortedLines(
+        pa.array(stored, pa.large_binary()),
+        pa.array(order, pa.uint64()),
+        pa.array(range(len(lines)), pa.int64()),
+        b"\n" if fmt == "json" else b"",
+    )
     by_record = chunks(lambda d: _roll_plain(items, encoder, limit, d), str(tmp / "a"))
-    by_arrow = chunks(lambda d: roll_encoded(arrow, header, footer, limit, d), str(tmp / "b"))
+    by_arrow = chunks(lambda d: roll_encoded(arrow, header, footer, limit, d, piece), str(tmp / "b"))
     assert by_arrow == by_record
     for c in by_arrow:
         if c[0] != "too_large":
@@ -166,8 +182,9 @@ def test_shard_spans_cut_a_series_into_ordered_spans_that_read_back_whole(
         part = list(runs.merged(refs, span))
         assert part, "no span is empty"
         assert sum(len(r[1]) for r in part) == nbytes
-        lines, positions = runs.sorted_lines(refs, b"", span)
-        assert lines.to_pylist() == [r[1] for r in part] and positions.to_pylist() == [r[2] for r in part]
+        lines = runs.sorted_lines(refs, b"", span)
+        assert lines.in_order().to_pylist() == [r[1] for r in part]
+        assert lines.positions.to_pylist() == [r[2] for r in part]
         parts += part
     assert parts == everything, "the spans in order are the series in order, each record once"
     if len(spans) > 1:

@@ -228,65 +228,78 @@ def _frames(ref: RunRef, span: Span = ALL) -> Iterator:
         yield frame
 
 
-def sorted_lines(refs: list[RunRef], line_end: bytes, span: Span = ALL) -> tuple:
-    """An events series' data lines (those with ts in `span`) in series order, each followed by `line_end`,
-    as one Arrow large_binary array, and the records' positions in that order: the runs decoded, sorted and
-    joined in Arrow's C++, with no Python object per record. For a series small enough to hold."""
+class SortedLines(NamedTuple):
+    """An events series' data lines in series order, without moving them: `lines` holds them in the order
+    read (one contiguous Arrow large_binary array, the only copy), `order` the indexes of `lines` in series
+    order, `positions` the records' positions in series order. Each line is written followed by `line_end`."""
+
+    lines: object
+    order: object
+    positions: object
+    line_end: bytes
+
+    def sizes(self):
+        """Each record's written size (line and line end), in series order, as an int64 Arrow array."""
+        import pyarrow.compute as pc
+
+        lengths = pc.binary_length(self.lines).take(self.order).cast("int64")
+        return pc.add(lengths, len(self.line_end)) if self.line_end else lengths
+
+    def in_order(self, start: int = 0, stop: int | None = None):
+        """Records start..stop-1 of the series as written (lines with their ends), as one large_binary array."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        stop = len(self.order) if stop is None else stop
+        lines = self.lines.take(self.order.slice(start, stop - start))
+        if self.line_end:
+            lines = pc.binary_join_element_wise(
+                lines, pa.scalar(b"", pa.large_binary()), pa.scalar(self.line_end, pa.large_binary())
+            )
+        return lines
+
+
+def sorted_lines(refs: list[RunRef], line_end: bytes, span: Span = ALL) -> SortedLines:
+    """An events series' records with ts in `span`, sorted in Arrow's C++ with no Python object per record.
+    The lines are read once into one buffer and never copied whole again: the writer takes them in order a
+    piece at a time. For a series small enough to hold."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    ts, lines, pos = [], [], []
+    ts, pos, lengths = array("q"), array("q"), array("I")
+    blob = bytearray()  # grows in place (realloc of a large block remaps, it does not copy)
     for ref in sorted(refs, key=lambda r: r.task):
-        for t, line, p in _arrow_frames(ref, span):
-            ts.append(t)
-            lines.append(line)
-            pos.append(p)
-    if not lines:
-        return pa.array([], pa.large_binary()), pa.array([], pa.int64())
-    table = pa.table(
-        {"ts": pa.chunked_array(ts), "line": pa.chunked_array(lines), "pos": pa.chunked_array(pos)}
+        for fr in _read_frames(ref, span):
+            if fr.created is not None:
+                raise ValueError("sorted_lines reads events runs only")
+            if fr.blob is None:
+                continue
+            first, last = fr.first, fr.last
+            ts.extend(fr.ts[first:last])
+            pos.frombytes(fr.pos[8 * first : 8 * last])
+            taken = fr.lengths[first:last]
+            lengths.extend(taken)
+            start = sum(fr.lengths[:first])
+            blob += memoryview(fr.blob)[start : start + sum(taken)]
+    n = len(ts)
+    offsets = pc.cumulative_sum(
+        pa.Array.from_buffers(pa.uint32(), n, [None, pa.py_buffer(lengths)]).cast("int64")
     )
-    del ts, lines, pos
+    offsets = pa.concat_arrays([pa.array([0], pa.int64()), offsets])
+    table = pa.table(
+        {
+            "ts": pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(ts)]),
+            "line": pa.Array.from_buffers(
+                pa.large_binary(), n, [None, offsets.buffers()[1], pa.py_buffer(blob)]
+            ),
+            "pos": pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(pos)]),
+        }
+    )
     # (ts, line, position): the order a list of Records sorts into, identical records in source order.
     order = pc.sort_indices(
         table, sort_keys=[("ts", "ascending"), ("line", "ascending"), ("pos", "ascending")]
     )
-    positions = table["pos"].take(order).combine_chunks()
-    lines = table["line"].take(order)
-    del table  # and with it the runs' bytes: at most two copies of the series' lines are held at once
-    if line_end:
-        lines = pc.binary_join_element_wise(
-            lines, pa.scalar(b"", pa.large_binary()), pa.scalar(line_end, pa.large_binary())
-        )
-    if lines.num_chunks != 1:
-        lines = lines.combine_chunks()
-    else:
-        lines = lines.chunk(0)
-    return lines, positions
-
-
-def _arrow_frames(ref: RunRef, span: Span = ALL) -> Iterator[tuple]:
-    """Each frame of an events run as Arrow arrays (ts, lines, positions) of its records in `span`."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    for fr in _read_frames(ref, span):
-        if fr.created is not None:
-            raise ValueError("sorted_lines reads events runs only")
-        if fr.blob is None:
-            continue
-        n = fr.count
-        ts = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(fr.ts)])
-        pos = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(fr.pos)])
-        lengths = pa.Array.from_buffers(pa.uint32(), n, [None, pa.py_buffer(fr.lengths)])
-        offsets = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(lengths.cast(pa.int64()))])
-        lines = pa.Array.from_buffers(
-            pa.large_binary(), n, [None, offsets.buffers()[1], pa.py_buffer(fr.blob)]
-        )
-        if (fr.first, fr.last) != (0, n):
-            k = fr.last - fr.first
-            ts, lines, pos = ts.slice(fr.first, k), lines.slice(fr.first, k), pos.slice(fr.first, k)
-        yield ts, lines, pos
+    return SortedLines(table["line"].chunk(0), order, table["pos"].chunk(0).take(order), line_end)
 
 
 def shard_spans(refs: list[RunRef], shard_bytes: int) -> list[tuple[Span, int]]:

@@ -20,7 +20,7 @@ from transforms import storage
 from transforms.records import UNPARSEABLE, WRONG_TYPE, BadRecord, decode_json
 
 FORMATS = ("jsonl", "avro", "parquet")
-RANGE_BYTES = 32 * 1024 * 1024
+RANGE_BYTES = 16 * 1024 * 1024
 _JSON_TEXT_FIELDS = ("profile", "deviceInfo", "eventProps", "profileProps")
 
 

@@ -269,23 +269,28 @@ def _roll_json(items: Iterable, header: bytes, max_bytes: int, spool: str) -> It
         yield flush()
 
 
-class EncodedLines(NamedTuple):
-    """A sorted series already encoded: an Arrow large_binary array of its records' bytes, line ends included
-    (`runs.sorted_lines`)."""
-
-    lines: object
+# Records written per take from the sorted lines: a piece is copied in order, joined with its line ends and
+# written, so a series' lines are held once plus one piece.
+_PIECE_RECORDS = 8192
 
 
 def roll_encoded(
-    series: EncodedLines, header: bytes, footer: bytes, max_bytes: int, spool: str
+    series: runs.SortedLines,
+    header: bytes,
+    footer: bytes,
+    max_bytes: int,
+    spool: str,
+    piece: int = _PIECE_RECORDS,
 ) -> Iterator[Chunk | int]:
-    """Uncompressed files of encoded records: each is the header, a contiguous slice of the array's data and
-    the footer, cut where the greedy rule of `_roll_plain` cuts. Yields the index of each record too large
-    for any file alone."""
-    lines = series.lines
-    n = len(lines)
-    offsets = memoryview(lines.buffers()[1]).cast("q")[lines.offset : lines.offset + n + 1]
-    data = memoryview(lines.buffers()[2])
+    """Uncompressed files of encoded records: each is the header, the next records in series order and the
+    footer, cut where the greedy rule of `_roll_plain` cuts. Yields the index of each record too large for any
+    file alone."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(series.order)
+    ends = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(series.sizes())])
+    offsets = memoryview(ends.buffers()[1]).cast("q")[ends.offset : ends.offset + n + 1]
     room = max_bytes - len(header) - len(footer)  # for the records of one file
     i = n_files = 0
     while i < n:
@@ -298,11 +303,18 @@ def roll_encoded(
         path = os.path.join(spool, f"{n_files}.part")
         with open(path, "wb") as f:
             f.write(header)
-            f.write(data[start : offsets[j]])
+            for k in range(i, j, piece):
+                f.write(_data(series.in_order(k, min(k + piece, j))))
             f.write(footer)
         yield Chunk(path, len(header) + offsets[j] - start + len(footer), i, j - i, 0)
         n_files += 1
         i = j
+
+
+def _data(lines) -> memoryview:
+    """The bytes of a large_binary array's values, end to end."""
+    offsets = memoryview(lines.buffers()[1]).cast("q")
+    return memoryview(lines.buffers()[2])[offsets[lines.offset] : offsets[lines.offset + len(lines)]]
 
 
 def roll_parquet(
@@ -419,7 +431,7 @@ def write_series(
                 encoder = CsvEncoder(ctx, (), keys=meta)
             else:
                 encoder = text_encoder(opts.fmt, ctx, scan() if scan is not None else items)
-            if isinstance(items, EncodedLines):
+            if isinstance(items, runs.SortedLines):
                 chunks = roll_encoded(items, encoder.header(), encoder.footer(), opts.max_file_bytes, spool)
             else:
                 chunks = roll_text(items, encoder, opts.compression == "gzip", opts.max_file_bytes, spool)
@@ -539,9 +551,8 @@ class _WriteSeries(beam.DoFn):
             and size <= IN_MEMORY_SERIES_BYTES
         ):
             # Uncompressed JSON or XML: a file is a slice of the sorted lines, found and written in Arrow.
-            lines, sorted_pos = runs.sorted_lines(refs, b"\n" if self._opts.fmt == "json" else b"", span)
-            items = EncodedLines(lines)
-            positions = _ArrowPositions(sorted_pos)
+            items = runs.sorted_lines(refs, b"\n" if self._opts.fmt == "json" else b"", span)
+            positions = _ArrowPositions(items.positions)
         elif self._opts.fmt == "parquet" or size <= IN_MEMORY_SERIES_BYTES:
             records = []
             for ref in refs:
