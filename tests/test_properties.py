@@ -8,8 +8,10 @@ CTEXPORT_HYPOTHESIS_EXAMPLES to explore more.
 
 from __future__ import annotations
 
+import functools
 import gzip as gzip_module
 import io
+import itertools
 import json
 import os
 import pickle
@@ -205,7 +207,8 @@ def _arrow_path_agrees(items: list[Item]) -> bool:
     ctx = SeriesContext(EVENTS, "Ev")
     lines = [i.line for i in items]
     python_schema = parquet.schema_of(ctx, parquet._types_in_python(ctx, lines))
-    types = parquet._types_in_arrow(lines)
+    read = parquet._read_in_arrow(lines)
+    types = None if read is None else read[0]
     if types is not None:
         assert parquet.schema_of(ctx, types) == python_schema
     table = parquet._events_table_in_arrow(ctx, python_schema, items)
@@ -218,6 +221,84 @@ def _arrow_path_agrees(items: list[Item]) -> bool:
 @given(arrowish_items())
 def test_parquet_arrow_path_gives_the_python_paths_schema_and_table(items):
     _arrow_path_agrees(items)
+
+
+def _numbered(line: bytes, n: int) -> bytes:
+    """The data line with its record's number among the properties: no two rows alike, so order shows."""
+    data = orjson.loads(line)
+    data["eventProps"] = {**data.get("eventProps", {}), "#": n}
+    return orjson.dumps(data)
+
+
+@SETTINGS
+@given(arrowish_items(), st.data(), st.randoms(use_true_random=False))
+def test_parquet_tables_of_runs_cast_into_the_series_table(base, data, rnd):
+    """The parse stage keeps the table Arrow read for each run's types; the writer casts the runs' tables to
+    the series' schema and takes their rows in series order. When it does, the table is the one read from
+    the lines; when a run's types do not cast (a property widened to text), it declines."""
+    from transforms.formats import parquet
+
+    ctx = SeriesContext(EVENTS, "Ev")
+    # Runs drawn from one series' records: a property has a type in some runs, another or none in others.
+    some = st.lists(st.sampled_from(base), min_size=1, max_size=6)
+    runs_items = data.draw(st.lists(some, min_size=1, max_size=4))
+    everything = [
+        Item(i.ts + k * 100, None, _numbered(i.line, n))
+        for n, (k, i) in enumerate((k, i) for k, items in enumerate(runs_items) for i in items)
+    ]
+    runs_ = [
+        everything[a : a + len(items)]
+        for a, items in zip(itertools.accumulate([0, *map(len, runs_items)]), runs_items, strict=False)
+    ]
+    rnd.shuffle(runs_)  # runs come in task order, not series order
+    read = [parquet.lines_types_and_table(ctx, [i.line for i in run]) for run in runs_]
+    types = functools.reduce(parquet.merge_types, [types for types, _ in read])
+    schema = parquet.schema_of(ctx, types)
+    assert schema == parquet.schema_of(ctx, parquet._types_in_python(ctx, [i.line for i in everything]))
+    if any(table is None for _, table in read):
+        return
+    stored = [parquet.table_from_bytes(parquet.table_bytes(table).to_pybytes()) for _, table in read]
+    in_order = [i for run in runs_ for i in run]
+    order = sorted(range(len(in_order)), key=lambda k: in_order[k].ts)
+    table = parquet.events_table(
+        ctx,
+        schema,
+        stored,
+        pa.array(order, pa.uint64()),
+        pa.array([in_order[k].ts for k in order], pa.int64()),
+    )
+    expected = parquet._table_in_python(ctx, schema, sorted(everything, key=lambda i: i.ts))
+    if table is not None:
+        assert table.equals(expected)
+
+
+def test_parquet_tables_of_runs_cast_exactly_or_not_at_all():
+    """Runs whose types widen exactly (null, integer to double, fields added, lists of those) cast into the
+    series' table; a run whose property the series widens to text is declined."""
+    from transforms.formats import parquet
+
+    ctx = SeriesContext(EVENTS, "Ev")
+
+    def cast(*runs_values):
+        lines = [[orjson.dumps({"ts": 1, "eventProps": v}) for v in values] for values in runs_values]
+        read = [parquet.lines_types_and_table(ctx, run) for run in lines]
+        schema = parquet.schema_of(ctx, functools.reduce(parquet.merge_types, [t for t, _ in read]))
+        n = sum(map(len, lines))
+        table = parquet.events_table(
+            ctx, schema, [t for _, t in read], pa.array(range(n), pa.uint64()), pa.array([7] * n, pa.int64())
+        )
+        items = [Item(7, None, line) for run in lines for line in run]
+        return table, parquet._table_in_python(ctx, schema, items)
+
+    table, expected = cast(
+        [{"a": 1, "l": [1], "s": {"x": 1}}],
+        [{"a": 0.5, "b": None, "l": [], "s": {"y": "t"}}, {"b": True, "l": [2.5]}],
+    )
+    assert table is not None and table.equals(expected)
+    assert table.column("eventProps").type.field("a").type == pa.float64()
+    for a, b in (({"x": 1}, "one"), (1e20, "one"), ([1], 2)):
+        table, _ = cast([{"a": a}], [{"a": b}])
+        assert table is None, f"{a!r} in one run, {b!r} in another: text in the series, the lines are read"
 
 
 # Few keys and plain values: the same property meets another type in another part of the series often.

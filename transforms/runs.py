@@ -95,6 +95,13 @@ class RunFile:
             nbytes += n
         return offset, self._size - offset, nbytes
 
+    def add_bytes(self, data) -> tuple[int, int]:
+        """Append any bytes (a series' Arrow table, say). Returns their (offset, length) for `read_bytes`."""
+        offset = self._size
+        self._f.write(data)
+        self._size += len(data)
+        return offset, len(data)
+
     def close(self) -> None:
         self._f.close()
 
@@ -116,6 +123,13 @@ def paused_gc():
     finally:
         if was_enabled:
             gc.enable()
+
+
+def read_bytes(url: str, offset: int, length: int) -> bytes:
+    """What `RunFile.add_bytes` stored."""
+    with storage.open_read(url) as f:
+        f.seek(offset)
+        return _read_exact(f, length)
 
 
 def _read_exact(f, n: int) -> bytes:
@@ -237,6 +251,9 @@ class SortedLines(NamedTuple):
     order: object
     positions: object
     line_end: bytes
+    # Per run read (in task order): the index of its first record in the span and how many it holds there.
+    sections: tuple = ()
+    ts: object = None  # the records' epoch seconds, in the order read
 
     def sizes(self):
         """Each record's written size (line and line end), in series order, as an int64 Arrow array."""
@@ -268,19 +285,25 @@ def sorted_lines(refs: list[RunRef], line_end: bytes, span: Span = ALL) -> Sorte
 
     ts, pos, lengths = array("q"), array("q"), array("I")
     blob = bytearray()  # grows in place (realloc of a large block remaps, it does not copy)
+    sections = []
     for ref in sorted(refs, key=lambda r: r.task):
+        base, start_of_span, held = 0, None, len(ts)
         for fr in _read_frames(ref, span):
             if fr.created is not None:
                 raise ValueError("sorted_lines reads events runs only")
+            base += fr.count
             if fr.blob is None:
                 continue
             first, last = fr.first, fr.last
+            if start_of_span is None:
+                start_of_span = base - fr.count + first
             ts.extend(fr.ts[first:last])
             pos.frombytes(fr.pos[8 * first : 8 * last])
             taken = fr.lengths[first:last]
             lengths.extend(taken)
             start = sum(fr.lengths[:first])
             blob += memoryview(fr.blob)[start : start + sum(taken)]
+        sections.append((start_of_span or 0, len(ts) - held))
     n = len(ts)
     offsets = pc.cumulative_sum(
         pa.Array.from_buffers(pa.uint32(), n, [None, pa.py_buffer(lengths)]).cast("int64")
@@ -299,7 +322,8 @@ def sorted_lines(refs: list[RunRef], line_end: bytes, span: Span = ALL) -> Sorte
     order = pc.sort_indices(
         table, sort_keys=[("ts", "ascending"), ("line", "ascending"), ("pos", "ascending")]
     )
-    return SortedLines(table["line"].chunk(0), order, table["pos"].chunk(0).take(order), line_end)
+    line, positions = table["line"].chunk(0), table["pos"].chunk(0).take(order)
+    return SortedLines(line, order, positions, line_end, tuple(sections), table["ts"].chunk(0))
 
 
 def shard_spans(refs: list[RunRef], shard_bytes: int) -> list[tuple[Span, int]]:

@@ -317,8 +317,22 @@ def _data(lines) -> memoryview:
     return memoryview(lines.buffers()[2])[offsets[lines.offset] : offsets[lines.offset + len(lines)]]
 
 
+class ArrowRows(NamedTuple):
+    """A sorted series already converted: its Arrow table of the series' schema, a row a record."""
+
+    table: object
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+
 def roll_parquet(
-    items: Sequence[Item], ctx: SeriesContext, compression: str, max_bytes: int, spool: str, types=None
+    items: Sequence[Item] | ArrowRows,
+    ctx: SeriesContext,
+    compression: str,
+    max_bytes: int,
+    spool: str,
+    types=None,
 ) -> Iterator[Chunk | int]:
     """Parquet files of at most max_bytes: rows per file estimated from bytes per row, checked after writing.
 
@@ -327,13 +341,19 @@ def roll_parquet(
 
     from transforms.formats.parquet import schema_of, series_schema, to_table
 
-    schema = series_schema(ctx, items) if types is None else schema_of(ctx, types)
+    if isinstance(items, ArrowRows):
+        schema, whole = items.table.schema, items.table
+    else:
+        schema, whole = series_schema(ctx, items) if types is None else schema_of(ctx, types), None
     codec = None if compression == "none" else compression
+
+    def rows(lo: int, hi: int):
+        return whole.slice(lo, hi - lo) if whole is not None else to_table(ctx, schema, items[lo:hi])
 
     def write(path: str, lo: int, hi: int) -> int:
         with pq.ParquetWriter(path, schema, compression=codec or "none", write_statistics=True) as w:
             for s in range(lo, hi, PARQUET_GROUP_ROWS):
-                w.write_table(to_table(ctx, schema, items[s : min(s + PARQUET_GROUP_ROWS, hi)]))
+                w.write_table(rows(s, min(s + PARQUET_GROUP_ROWS, hi)))
         return os.path.getsize(path)
 
     n = len(items)
@@ -419,7 +439,8 @@ def write_series(
     spool = tempfile.mkdtemp(prefix="ctexport-")
     try:
         if opts.fmt == "parquet":
-            chunks = roll_parquet(list(items), ctx, opts.compression, opts.max_file_bytes, spool, meta)
+            rows = items if isinstance(items, ArrowRows) else list(items)
+            chunks = roll_parquet(rows, ctx, opts.compression, opts.max_file_bytes, spool, meta)
         else:
             from transforms.formats.values import text_encoder
 
@@ -553,6 +574,8 @@ class _WriteSeries(beam.DoFn):
             # Uncompressed JSON or XML: a file is a slice of the sorted lines, found and written in Arrow.
             items = runs.sorted_lines(refs, b"\n" if self._opts.fmt == "json" else b"", span)
             positions = _ArrowPositions(items.positions)
+        elif (table := self._parquet_table(key, refs, span, meta)) is not None:
+            items, positions = table
         elif self._opts.fmt == "parquet" or size <= IN_MEMORY_SERIES_BYTES:
             records = []
             for ref in refs:
@@ -588,6 +611,31 @@ class _WriteSeries(beam.DoFn):
             "wrote %s %s shard %d/%d: %d records", key[0], key[1], shard.index + 1, shard.count, written
         )
 
+    def _parquet_table(self, key: tuple[str, str], refs: list, span, types):
+        """A Parquet events series' table (and its records' positions) from the Arrow tables its runs stored,
+        or None when a run has none or its types do not cast to the series' (then the lines are read)."""
+        if self._opts.fmt != "parquet" or types is None or any(r.meta.table_at is None for r in refs):
+            return None
+        from transforms.formats import parquet
+
+        ctx = SeriesContext(EVENTS, key[0])
+        schema = parquet.schema_of(ctx, types)
+        ordered = sorted(refs, key=lambda r: r.task)
+        lines = runs.sorted_lines(ordered, b"", span)  # the series order, which ties need the lines for
+        order, ts, positions, sections = (
+            lines.order,
+            lines.ts.take(lines.order),
+            lines.positions,
+            lines.sections,
+        )
+        del lines  # only the order was wanted of them
+        parts = []
+        for ref, (first, count) in zip(ordered, sections, strict=True):
+            part = parquet.table_from_bytes(runs.read_bytes(ref.url, *ref.meta.table_at))
+            parts.append(part.slice(first, count))
+        table = parquet.events_table(ctx, schema, parts, order, ts)  # it empties `parts` as it goes
+        return None if table is None else (ArrowRows(table), _ArrowPositions(positions))
+
     def _series_meta(self, refs: list):
         """The whole series' CSV keys or Parquet types, merged from its runs; None when a run has none."""
         if not refs or any(r.meta is None for r in refs):
@@ -598,7 +646,7 @@ class _WriteSeries(beam.DoFn):
         if self._opts.fmt == "parquet":
             from transforms.formats.parquet import merge_types
 
-            return functools.reduce(merge_types, (r.meta for r in refs))
+            return functools.reduce(merge_types, (r.meta.types for r in refs))
         return None
 
     def _too_large(self, packed_pos: int) -> DeadLetter:

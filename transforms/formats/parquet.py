@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.ipc  # noqa: F401  (pa.ipc)
 
 from transforms.formats.base import EVENTS, Item, SeriesContext
 from transforms.formats.values import EVENT_OBJECTS, PROFILE_FIELDS, PROFILE_OBJECT, json_text
@@ -134,8 +136,40 @@ def series_schema(ctx: SeriesContext, items: Iterable[Item]) -> pa.Schema:
 def lines_types(ctx: SeriesContext, lines: list[bytes]) -> dict[str, Any]:
     """The property types of records given as data lines (part of a series, or all of it): what
     `merge_types` combines and `schema_of` turns into the schema."""
-    types = _types_in_arrow(lines) if ctx.kind == EVENTS else None
-    return _types_in_python(ctx, lines) if types is None else types
+    return lines_types_and_table(ctx, lines)[0]
+
+
+def lines_types_and_table(ctx: SeriesContext, lines: list[bytes]) -> tuple[dict[str, Any], pa.Table | None]:
+    """`lines_types`, and for events that Arrow read, the objects as Arrow read them (columns `profile`,
+    `deviceInfo`, `eventProps` where present, a row a line) when their types are exactly the `lines_types`:
+    `events_table` casts such tables of a series' parts into its table without reading the lines again."""
+    read = _read_in_arrow(lines) if ctx.kind == EVENTS else None
+    if read is None:
+        return _types_in_python(ctx, lines), None
+    types, table = read
+    exact = all(_plain(table.schema.field(name).type) for name in table.schema.names)
+    return types, table if exact else None
+
+
+class RunTypes(NamedTuple):
+    """What a run of an events series tells its Parquet writer (`RunRef.meta`): its property types
+    (`lines_types`), and where in the run file its objects' Arrow table is (`table_bytes`), if it has one."""
+
+    types: dict[str, Any]
+    table_at: tuple[int, int] | None
+
+
+def table_bytes(table: pa.Table) -> pa.Buffer:
+    """A table as Arrow IPC stream bytes, for a run file."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def table_from_bytes(data: bytes) -> pa.Table:
+    """What `table_bytes` stored (its buffers are views of `data`, not copies)."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 def merge_types(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -248,19 +282,87 @@ def _read_json(blob: bytes, schema: pa.Schema | None) -> pa.Table:
     return pj.read_json(io.BytesIO(blob), read_options=read, parse_options=parse)
 
 
-def _types_in_arrow(lines: list[bytes]) -> dict[str, Any] | None:
-    """The events' property types as Arrow infers them, or None when only Python can tell."""
+def _read_in_arrow(lines: list[bytes]) -> tuple[dict[str, Any], pa.Table] | None:
+    """The events' property types as Arrow infers them and the objects' columns it read, or None when only
+    Python can tell."""
     blob = b"\n".join(lines)
     if not blob or not _arrow_can_read(blob):
         return None
     try:
-        schema = _read_json(blob, None).schema
-        return {
+        table = _read_json(blob, None)
+        schema = table.schema
+        types = {
             name: _from_arrow(schema.field(name).type) if name in schema.names else None
             for name in EVENT_OBJECTS
         }
     except (*_ARROW_ERRORS, _Unsure):
         return None
+    if table.num_rows != len(lines):
+        return None
+    return types, table.select([name for name in EVENT_OBJECTS if name in schema.names])
+
+
+def _plain(t: pa.DataType) -> bool:
+    """Whether Arrow read values of type `t` as the writer would: every type `_from_arrow` maps but the
+    timestamps and dates Arrow sees in some strings (the writer reads those as text)."""
+    if pa.types.is_list(t):
+        return _plain(t.value_type)
+    if pa.types.is_struct(t):
+        return all(_plain(f.type) for f in t)
+    return not (pa.types.is_timestamp(t) or pa.types.is_date(t))
+
+
+def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Whether Arrow's cast of a part's column (type `src`, from `lines_types_and_table`) to the series' type
+    `dst` gives the values the writer would read: same types, nulls, integers to doubles (they fit 53 bits:
+    `_arrow_can_read`), struct fields added or reordered, lists of castable items. Not a value to text."""
+    if pa.types.is_null(src) or src == dst:
+        return True
+    if pa.types.is_integer(src):
+        return pa.types.is_integer(dst) or pa.types.is_floating(dst)
+    if pa.types.is_list(src):
+        return pa.types.is_list(dst) and _castable(src.value_type, dst.value_type)
+    if pa.types.is_struct(src):
+        if not pa.types.is_struct(dst):
+            return False
+        names = {f.name: f.type for f in dst}
+        return all(f.name in names and _castable(f.type, names[f.name]) for f in src)
+    return False
+
+
+def events_table(ctx: SeriesContext, schema: pa.Schema, parts: list[pa.Table], order, ts) -> pa.Table | None:
+    """The events table of `schema` from parts read by `lines_types_and_table` (the list is emptied), their
+    rows concatenated and taken in `order`; `ts` the epoch seconds in that order. None when a part's types
+    do not cast to the series' (a property widened to text, say): then `to_table` reads the lines."""
+    objects = [f for f in schema if f.name in EVENT_OBJECTS]
+    cast = []
+    parts.reverse()
+    while parts:  # each part is let go once cast, so that at most two copies of the series are held
+        part = parts.pop()
+        columns = []
+        for f in objects:
+            if f.name not in part.column_names:
+                columns.append(pa.nulls(part.num_rows, f.type))
+                continue
+            column = part.column(f.name)
+            if not _castable(column.type, f.type):
+                return None
+            columns.append(column.cast(f.type))
+        cast.append(pa.Table.from_arrays(columns, schema=pa.schema(objects)))
+    n = len(order)
+    arrays = [
+        pa.compute.multiply(ts, 1_000_000).cast(TIMESTAMP),
+        pa.array([ctx.event_name] * n, pa.string()),
+    ]
+    if objects and n:
+        whole = pa.concat_tables(cast).combine_chunks()
+        del cast
+        taken = whole.take(order)
+        del whole
+        arrays += [taken.column(f.name).combine_chunks() for f in objects]
+    else:
+        arrays += [pa.array([], f.type) for f in objects]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 class _Unsure(Exception):
