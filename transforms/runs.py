@@ -10,6 +10,8 @@ process) and what held the whole export in memory at once.
 A run is a sequence of frames; a frame holds up to FRAME_RECORDS records as four arrays and a blob:
     <count:u32> <has_created:u8> ts[count]:i64 pos[count]:i64 lengths[count]:u32 [created[count]:i64]
     [id lengths[count]:u32 ids blob] lines blob
+A Parquet events run is followed by the Arrow table its types were inferred from (`RunFile.add_bytes`; its
+place travels in `RunRef.meta`).
 """
 
 from __future__ import annotations
