@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+from unittest import mock
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -168,7 +169,8 @@ def test_shard_spans_cut_a_series_into_ordered_spans_that_read_back_whole(
         {"A": [(ts, b"x" * n, t << 32 | i, None, None) for i, (ts, n) in enumerate(recs)]}
         for t, recs in enumerate(tasks_spec)
     ]
-    refs = _write_tasks(tmp, [t for t in tasks if t["A"]]).get("A", [])
+    with mock.patch.object(runs, "FRAME_RECORDS", 7):  # runs of several frames, so spans cut inside them
+        refs = _write_tasks(tmp, [t for t in tasks if t["A"]]).get("A", [])
     everything = sorted(r for task in tasks for r in task["A"])
     spans = runs.shard_spans(refs, shard)
     total = sum(len(r[1]) for r in everything)
@@ -185,6 +187,12 @@ def test_shard_spans_cut_a_series_into_ordered_spans_that_read_back_whole(
         lines = runs.sorted_lines(refs, b"", span)
         assert lines.in_order().to_pylist() == [r[1] for r in part]
         assert lines.positions.to_pylist() == [r[2] for r in part]
+        # Each run's records in the span, as (first, count) of its sorted records: what Parquet slices its
+        # runs' tables by.
+        for ref, section in zip(sorted(refs, key=lambda r: r.task), lines.sections, strict=True):
+            inside = [i for i, r in enumerate(runs.read_run(ref)) if span[0] <= r.ts < span[1]]
+            assert section == ((inside[0], len(inside)) if inside else (0, 0))
+            assert inside == list(range(section[0], section[0] + section[1])), "a span is contiguous in a run"
         parts += part
     assert parts == everything, "the spans in order are the series in order, each record once"
     if len(spans) > 1:
