@@ -28,6 +28,9 @@ _FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _SPECIAL = re.compile("[&<>\r\n\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _ELEMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _KEY_CACHE_LIMIT = 100_000
+_OPEN = {name: f"<{name}>" for name in EVENT_OBJECTS}
+_CLOSE = {name: f"</{name}>" for name in EVENT_OBJECTS}
+_NO_TAG = object()
 _Text = Callable[[Any], str]
 
 
@@ -46,6 +49,10 @@ class XmlEncoder:
         self._name, self._name_replaced = _character_data(ctx.event_name) if self._events else ("", 0)
         # key -> its element's open and close tags, or None when it must be an entry.
         self._tags: dict[str, tuple[str, str] | None] = {}
+        # key -> the markup around its value, for text that needs no escaping: in profile and deviceInfo
+        # (an element, or an entry) and in eventProps (always an entry).
+        self._element_heads: dict[str, tuple[str, str]] = {}
+        self._entry_heads: dict[str, tuple[str, str]] = {}
 
     def header(self) -> bytes:
         return self._header
@@ -59,6 +66,8 @@ class XmlEncoder:
     def encode_data(self, data: dict, line: bytes) -> bytes:
         """The element of a record already decoded: `data` is `line` (its JSON data line) as a dict."""
         if not _may_need_escapes(line):
+            if self._events:
+                return self._plain_event(data)
             text, key_text = value_text, str
         else:
             text, key_text = self._text, self._escape
@@ -88,6 +97,41 @@ class XmlEncoder:
                 out.append(f"</{PROFILE_OBJECT}>")
             out.append("</Profile>\n")
         return "".join(out).encode()
+
+    def _plain_event(self, data: dict) -> bytes:
+        """`encode_data` of an event none of whose text needs escaping (the common case), with each key's
+        markup looked up once per series rather than built per record."""
+        out = ["<Event><ts>", value_text(data.get("ts")), "</ts><eventName>", self._name, "</eventName>"]
+        self.replaced_chars += self._name_replaced
+        append = out.append
+        for name in EVENT_OBJECTS:
+            obj = data.get(name)
+            if obj is None:
+                continue
+            append(_OPEN[name])
+            heads = self._entry_heads if name == "eventProps" else self._element_heads
+            for key, value in obj.items():
+                head = heads.get(key)
+                if head is None:
+                    head = self._head(key, name == "eventProps")
+                    if len(heads) < _KEY_CACHE_LIMIT:
+                        heads[key] = head
+                append(head[0])
+                append(value if value.__class__ is str else value_text(value))
+                append(head[1])
+            append(_CLOSE[name])
+        append("</Event>\n")
+        return "".join(out).encode()
+
+    def _head(self, key: str, entry: bool) -> tuple[str, str]:
+        """The markup before and after a value of `key` (its text needs no escaping)."""
+        if not entry:
+            tag = self._tags.get(key, _NO_TAG)
+            if tag is _NO_TAG:
+                tag = (f"<{key}>", f"</{key}>") if _ELEMENT_NAME.fullmatch(key) and key != "entry" else None
+            if tag is not None:
+                return tag
+        return f"<entry><key>{key}</key><value>", "</value></entry>"
 
     def _elements(self, out: list[str], obj: dict[str, Any], text: _Text, key_text: _Text) -> None:
         tags = self._tags
