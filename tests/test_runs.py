@@ -189,9 +189,12 @@ def test_shard_spans_cut_a_series_into_ordered_spans_that_read_back_whole(
         assert lines.positions.to_pylist() == [r[2] for r in part]
         # Each run's records in the span, as (first, count) of its sorted records: what Parquet slices its
         # runs' tables by.
-        for ref, section in zip(sorted(refs, key=lambda r: r.task), lines.sections, strict=True):
+        assert [s[0] for s in lines.sections] == sorted(refs, key=lambda r: r.task), (
+            "every run, in task order"
+        )
+        for ref, *section in lines.sections:
             inside = [i for i, r in enumerate(runs.read_run(ref)) if span[0] <= r.ts < span[1]]
-            assert section == ((inside[0], len(inside)) if inside else (0, 0))
+            assert section == ([inside[0], len(inside)] if inside else [0, 0])
             assert inside == list(range(section[0], section[0] + section[1])), "a span is contiguous in a run"
         parts += part
     assert parts == everything, "the spans in order are the series in order, each record once"

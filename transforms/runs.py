@@ -253,7 +253,8 @@ class SortedLines(NamedTuple):
     order: object
     positions: object
     line_end: bytes
-    # Per run read (in task order): the index of its first record in the span and how many it holds there.
+    # Per run, in the order read (task order): (its RunRef, the index of its first record in the span, how
+    # many it holds there).
     sections: tuple = ()
     ts: object = None  # the records' epoch seconds, in the order read
 
@@ -305,7 +306,7 @@ def sorted_lines(refs: list[RunRef], line_end: bytes, span: Span = ALL) -> Sorte
             lengths.extend(taken)
             start = sum(fr.lengths[:first])
             blob += memoryview(fr.blob)[start : start + sum(taken)]
-        sections.append((start_of_span or 0, len(ts) - held))
+        sections.append((ref, start_of_span or 0, len(ts) - held))
     n = len(ts)
     offsets = pc.cumulative_sum(
         pa.Array.from_buffers(pa.uint32(), n, [None, pa.py_buffer(lengths)]).cast("int64")

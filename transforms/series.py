@@ -21,6 +21,7 @@ from apache_beam import pvalue
 
 from transforms import runs, sources, storage
 from transforms.formats.base import EVENTS, PROFILES, SeriesContext
+from transforms.formats.csv import add_keys
 from transforms.formats.values import EVENT_OBJECTS
 from transforms.formats.xml import XmlEncoder
 from transforms.naming import PROFILES_NAME
@@ -97,11 +98,7 @@ class _Accumulator:
             keys = self.csv_keys.get(good.key)
             if keys is None:
                 keys = self.csv_keys[good.key] = (set(), set(), set())
-            data = orjson.loads(good.line)
-            for found, name in zip(keys, EVENT_OBJECTS, strict=True):
-                obj = data.get(name)
-                if obj:
-                    found.update(obj)
+            add_keys(zip(EVENT_OBJECTS, keys, strict=True), orjson.loads(good.line))
 
 
 class _ParseTask(beam.DoFn):

@@ -430,8 +430,9 @@ def write_series(
     Yields ("file", info) for each object written and ("too_large", index in items) for records that cannot fit
     a file alone. `upload(name, path)` stores a spool file under its object name (and may move it there).
     `items` may be a stream; then `scan()` gives the series once more, in any order, for the CSV header or the
-    Parquet schema. `name_of(i)` names file i (default: the data name with index i). `meta`: the whole series' CSV keys per object (a dict)
-    or Parquet types (`parquet.merge_types`), when known already: then neither reads the series for them.
+    Parquet schema. `name_of(i)` names file i (default: the data name with index i). `meta`: the whole
+    series' CSV keys per object (a dict) or Parquet types (`parquet.merge_types`), when known already: then
+    neither reads the series for them.
     """
     event_name, date = key
     kind = PROFILES if opts.kind == "profiles" else EVENTS
@@ -620,8 +621,7 @@ class _WriteSeries(beam.DoFn):
 
         ctx = SeriesContext(EVENTS, key[0])
         schema = parquet.schema_of(ctx, types)
-        ordered = sorted(refs, key=lambda r: r.task)
-        lines = runs.sorted_lines(ordered, b"", span)  # the series order, which ties need the lines for
+        lines = runs.sorted_lines(refs, b"", span)  # the series order, which ties need the lines for
         order, ts, positions, sections = (
             lines.order,
             lines.ts.take(lines.order),
@@ -630,7 +630,7 @@ class _WriteSeries(beam.DoFn):
         )
         del lines  # only the order was wanted of them
         parts = []
-        for ref, (first, count) in zip(ordered, sections, strict=True):
+        for ref, first, count in sections:
             part = parquet.table_from_bytes(runs.read_bytes(ref.url, *ref.meta.table_at))
             parts.append(part.slice(first, count))
         table = parquet.events_table(ctx, schema, parts, order, ts)  # it empties `parts` as it goes

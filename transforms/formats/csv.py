@@ -26,6 +26,14 @@ def _guarded(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
+def add_keys(found: Iterable[tuple[str, set]], data: dict) -> None:
+    """Add the keys of each object of a decoded data line to its set: (object name, set) pairs."""
+    for name, keys in found:
+        obj = data.get(name)
+        if obj:
+            keys.update(obj)
+
+
 class CsvEncoder:
     """Encodes one series as CSV rows; the constructor reads the whole series once for the header keys, unless
     they are given."""
@@ -43,11 +51,7 @@ class CsvEncoder:
         if keys is None:
             keys = {name: set() for name in objects}
             for item in items:
-                data = orjson.loads(item.line)
-                for name, found in keys.items():
-                    obj = data.get(name)
-                    if obj:
-                        found.update(obj)
+                add_keys(keys.items(), orjson.loads(item.line))
         # (object name, its keys in code-point order), in column order.
         self._objects = [(name, sorted(keys[name])) for name in objects]
         self._buf = io.StringIO()

@@ -30,7 +30,6 @@ _ELEMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _KEY_CACHE_LIMIT = 100_000
 _OPEN = {name: f"<{name}>" for name in EVENT_OBJECTS}
 _CLOSE = {name: f"</{name}>" for name in EVENT_OBJECTS}
-_NO_TAG = object()
 _Text = Callable[[Any], str]
 
 
@@ -113,7 +112,7 @@ class XmlEncoder:
             for key, value in obj.items():
                 head = heads.get(key)
                 if head is None:
-                    head = self._head(key, name == "eventProps")
+                    head = _plain_markup(key, name == "eventProps")
                     if len(heads) < _KEY_CACHE_LIMIT:
                         heads[key] = head
                 append(head[0])
@@ -123,24 +122,13 @@ class XmlEncoder:
         append("</Event>\n")
         return "".join(out).encode()
 
-    def _head(self, key: str, entry: bool) -> tuple[str, str]:
-        """The markup before and after a value of `key` (its text needs no escaping)."""
-        if not entry:
-            tag = self._tags.get(key, _NO_TAG)
-            if tag is _NO_TAG:
-                tag = (f"<{key}>", f"</{key}>") if _ELEMENT_NAME.fullmatch(key) and key != "entry" else None
-            if tag is not None:
-                return tag
-        return f"<entry><key>{key}</key><value>", "</value></entry>"
-
     def _elements(self, out: list[str], obj: dict[str, Any], text: _Text, key_text: _Text) -> None:
         tags = self._tags
         for key, value in obj.items():
             try:
                 tag = tags[key]
             except KeyError:
-                # "entry" is taken: it is the element of a key that is not an XML name.
-                tag = (f"<{key}>", f"</{key}>") if _ELEMENT_NAME.fullmatch(key) and key != "entry" else None
+                tag = _element_tags(key)
                 if len(tags) < _KEY_CACHE_LIMIT:
                     tags[key] = tag
             if tag is None:
@@ -157,6 +145,19 @@ class XmlEncoder:
         text, replaced = _character_data(text)
         self.replaced_chars += replaced
         return text
+
+
+def _element_tags(key: str) -> tuple[str, str] | None:
+    """The open and close tags of a key's element, or None when it must be an entry. "entry" is taken: it is
+    the element of a key that is not an XML name."""
+    return (f"<{key}>", f"</{key}>") if _ELEMENT_NAME.fullmatch(key) and key != "entry" else None
+
+
+def _plain_markup(key: str, entry: bool) -> tuple[str, str]:
+    """The markup before and after a value of `key` whose text needs no escaping: its element, or (always in
+    eventProps) an entry."""
+    tag = None if entry else _element_tags(key)
+    return tag if tag is not None else (f"<entry><key>{key}</key><value>", "</value></entry>")
 
 
 def _entries(out: list[str], obj: dict[str, Any], text: _Text, key_text: _Text) -> None:
