@@ -60,9 +60,10 @@ def plan_reads(
     for f in files:
         fmt = forced_format or format_of(f.url)
         if fmt == "jsonl" and not f.url.lower().endswith(".gz") and f.size > range_bytes:
-            tasks.extend(
-                ReadTask(f.url, fmt, s, min(s + range_bytes, f.size)) for s in range(0, f.size, range_bytes)
-            )
+            # As few ranges as fit range_bytes, of equal size (within a byte): workers given the same number of
+            # tasks get the same amount of data, with no short last range per file landing on one of them.
+            n = -(-f.size // range_bytes)
+            tasks.extend(ReadTask(f.url, fmt, f.size * i // n, f.size * (i + 1) // n) for i in range(n))
         else:
             tasks.append(ReadTask(f.url, fmt))
     return tasks
@@ -81,8 +82,6 @@ def read_lines(task: ReadTask) -> tuple[bytes, int]:
             return _without_bom(f.read(), 0)
     begin = max(task.start - 1, 0)
     data = storage.read_range(task.url, begin, task.end)
-    if task.start == 0:
-        data, begin = _without_bom(data, 0)
     if task.start > 0:
         # The line that starts at task.start is the one after the first newline at or after task.start - 1.
         nl = data.find(b"\n")
@@ -107,6 +106,8 @@ def read_lines(task: ReadTask) -> tuple[bytes, int]:
             pos += len(more)
             step = min(step * 2, 1 << 24)
         data = data + b"".join(tail)
+    if task.start == 0:  # after reading on: a range may be shorter than the mark
+        data, begin = _without_bom(data, 0)
     return data, begin
 
 
