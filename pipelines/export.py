@@ -82,7 +82,8 @@ def spill_location(options: PipelineOptions, request: Request) -> tuple[str, str
 def make_runner(options: PipelineOptions):
     """The runner to use. For the DirectRunner, Beam's in-process FnApiRunner straight away: Beam 2.77's
     DirectRunner first tries Prism, which downloads a binary (and fails offline) before falling back to it.
-    Multi-process running (--direct_num_workers N --direct_running_mode multi_processing) is the FnApiRunner's.
+    Multi-process running (--direct_num_workers N --direct_running_mode multi_processing) is the FnApiRunner's,
+    with `pipelines.worker` as the worker process.
     """
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
@@ -93,13 +94,22 @@ def make_runner(options: PipelineOptions):
     if std.runner not in (None, "DirectRunner", "direct"):
         return None  # Beam resolves it from --runner
     std.runner = "DirectRunner"
+    from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
+    environment = None
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_processing":
+        # The FnApiRunner would start its own worker command for this mode; with no mode set it keeps the
+        # environment given here, and still runs --direct_num_workers workers.
+        direct.direct_running_mode = None
+        environment = SubprocessSDKEnvironment.from_command_string(f"{sys.executable} -m pipelines.worker")
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=info)
+    return fn_runner.FnApiRunner(default_environment=environment, provision_info=info)
 
 
 def summary(manifest: dict, seconds: float) -> str:
