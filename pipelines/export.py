@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -106,7 +107,8 @@ def make_runner(options: PipelineOptions):
         # The FnApiRunner would start its own worker command for this mode; with no mode set it keeps the
         # environment given here, and still runs --direct_num_workers workers.
         direct.direct_running_mode = None
-        environment = SubprocessSDKEnvironment.from_command_string(f"{sys.executable} -m pipelines.worker")
+        command = f"{shlex.quote(sys.executable)} -m pipelines.worker"  # run by a shell
+        environment = SubprocessSDKEnvironment.from_command_string(command)
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(default_environment=environment, provision_info=info)
