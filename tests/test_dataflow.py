@@ -209,3 +209,19 @@ def test_multi_process_direct_runner_writes_the_same_objects(
     assert ma == mb
     assert a == b
     assert len(a) >= 10 and any("_errors/" in name for name in a), "rolled files and dead letters compared"
+
+
+def test_a_local_worker_that_fails_says_so_in_its_exit_status():
+    """`pipelines.worker` ends its process at once, skipping Python's teardown: a harness that fails must
+    still exit non-zero (the runner reports a worker's non-zero exit) and show why."""
+    env = {k: v for k, v in os.environ.items() if k != "CONTROL_API_SERVICE_DESCRIPTOR"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "CONTROL_API_SERVICE_DESCRIPTOR" in done.stderr
