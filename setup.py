@@ -9,7 +9,9 @@ setup(
     version="0.1.0",
     description="Bulk exporter of analytics events and user profiles to GCS (JSON, CSV, XML, Parquet), on Apache Beam",
     python_requires=">=3.11",
-    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "ctexport", "ctexport.*"]),
+    packages=find_packages(
+        include=["pipelines", "pipelines.*", "transforms", "transforms.*", "ctexport", "ctexport.*"]
+    ),
     package_data={"transforms": ["schemas/*.avsc"]},
     install_requires=[
         f"apache-beam[gcp]=={BEAM_VERSION}",

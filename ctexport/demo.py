@@ -38,10 +38,16 @@ def _show(store, name: str, data: bytes) -> None:
 def main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="ctexport demo", description="Export sample data to a local GCS emulator")
+    parser = argparse.ArgumentParser(
+        prog="ctexport demo", description="Export sample data to a local GCS emulator"
+    )
     parser.add_argument("--events", type=int, default=20000, help="sample events to generate (default 20000)")
-    parser.add_argument("--profiles", type=int, default=2000, help="sample profiles to generate (default 2000)")
-    parser.add_argument("--work", default="demo-out", help="folder for the sample data and the emulator's storage")
+    parser.add_argument(
+        "--profiles", type=int, default=2000, help="sample profiles to generate (default 2000)"
+    )
+    parser.add_argument(
+        "--work", default="demo-out", help="folder for the sample data and the emulator's storage"
+    )
     parser.add_argument("--port", type=int, default=0, help="emulator port (default: any free port)")
     args = parser.parse_args(argv)
 
