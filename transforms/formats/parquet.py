@@ -349,20 +349,22 @@ def events_table(ctx: SeriesContext, schema: pa.Schema, parts: list[pa.Table], o
                 return None
             columns.append(column.cast(f.type))
         cast.append(pa.Table.from_arrays(columns, schema=pa.schema(objects)))
-    n = len(order)
-    arrays = [
-        pa.compute.multiply(ts, 1_000_000).cast(TIMESTAMP),
-        pa.array([ctx.event_name] * n, pa.string()),
-    ]
-    if objects and n:
+    if objects and len(order):
         whole = pa.concat_tables(cast).combine_chunks()
         del cast
         taken = whole.take(order)
         del whole
-        arrays += [taken.column(f.name).combine_chunks() for f in objects]
+        columns = [taken.column(f.name).combine_chunks() for f in objects]
     else:
-        arrays += [pa.array([], f.type) for f in objects]
-    return pa.Table.from_arrays(arrays, schema=schema)
+        columns = [pa.array([], f.type) for f in objects]
+    return _events_table(ctx, schema, pa.compute.multiply(ts, 1_000_000).cast(TIMESTAMP), columns)
+
+
+def _events_table(ctx: SeriesContext, schema: pa.Schema, ts: pa.Array, objects: list) -> pa.Table:
+    """An events table of `schema`: `ts` (a TIMESTAMP array), the event name in every row, then the objects'
+    columns."""
+    name = pa.array([ctx.event_name] * len(ts), pa.string())
+    return pa.Table.from_arrays([ts, name, *objects], schema=schema)
 
 
 class _Unsure(Exception):
@@ -403,12 +405,8 @@ def _events_table_in_arrow(ctx: SeriesContext, schema: pa.Schema, items: Sequenc
         return None
     if parsed.num_rows != len(items):
         return None
-    arrays = [
-        pa.array([item.ts * 1_000_000 for item in items], TIMESTAMP),
-        pa.array([ctx.event_name] * len(items), pa.string()),
-    ]
-    arrays += [parsed.column(f.name).combine_chunks() for f in objects]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    ts = pa.array([item.ts * 1_000_000 for item in items], TIMESTAMP)
+    return _events_table(ctx, schema, ts, [parsed.column(f.name).combine_chunks() for f in objects])
 
 
 # Converting values to a schema. Arrow converts int to double itself and raises on any value that does not

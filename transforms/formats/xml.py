@@ -77,12 +77,12 @@ class XmlEncoder:
                 obj = data.get(name)
                 if obj is None:
                     continue
-                out.append(f"<{name}>")
+                out.append(_OPEN[name])
                 if name == "eventProps":
                     _entries(out, obj, text, key_text)
                 else:
                     self._elements(out, obj, text, key_text)
-                out.append(f"</{name}>")
+                out.append(_CLOSE[name])
             out.append("</Event>\n")
         else:
             out = ["<Profile>"]
