@@ -24,7 +24,7 @@ import sys
 
 # command -> (module, function taking argv and returning the exit status). Modules load only when used.
 COMMANDS = {
-    "export": ("pipelines.export", "run"),
+    "export": ("pipelines.export", "run_process"),
     "credentials": ("ctexport.credentials", "main"),
     "destinations": ("ctexport.requests_cli", "destinations_main"),
     "create": ("ctexport.requests_cli", "create_main"),

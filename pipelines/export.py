@@ -17,6 +17,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines import worker
 from pipelines.options import ExportOptions, InvalidRequest, Request, unknown_flags, validate
 from transforms import naming, storage
 from transforms.finalize import RUN_FAILED, Finalize
@@ -80,20 +81,44 @@ def spill_location(options: PipelineOptions, request: Request) -> tuple[str, str
     return temp, f"{temp}/{SPILL_DIR}/{name}"
 
 
-def make_runner(options: PipelineOptions):
-    """The runner to use. For the DirectRunner, Beam's in-process FnApiRunner straight away: Beam 2.77's
-    DirectRunner first tries Prism, which downloads a binary (and fails offline) before falling back to it.
-    Multi-process running (--direct_num_workers N --direct_running_mode multi_processing) is the FnApiRunner's,
-    with `pipelines.worker` as the worker process.
-    """
+def _local(options: PipelineOptions) -> bool:
+    """Whether the run is the DirectRunner's (with no --runner, unless the flex template launcher builds it)."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
     std = options.view_as(StandardOptions)
     if std.runner is None and options.view_as(GoogleCloudOptions).template_location:
-        std.runner = "DataflowRunner"  # the flex template launcher builds the job for Dataflow
-        return None
-    if std.runner not in (None, "DirectRunner", "direct"):
-        return None  # Beam resolves it from --runner
+        return False
+    return std.runner in (None, "DirectRunner", "direct")
+
+
+def local_workers(argv: list[str]) -> int:
+    """How many worker processes a multi-process local run with these flags starts; 0 for any other run."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    try:
+        options = PipelineOptions(argv)
+        if not _local(options):
+            return 0
+        direct = options.view_as(DirectOptions)
+    except (Exception, SystemExit):  # bad flags: `run` says what is wrong
+        return 0
+    if direct.direct_running_mode != "multi_processing":
+        return 0
+    # As the FnApiRunner counts them: 0 means one per core.
+    return (os.cpu_count() or 1) if direct.direct_num_workers == 0 else (direct.direct_num_workers or 1)
+
+
+def make_runner(options: PipelineOptions, worker_command: str | None = None):
+    """The runner to use. For the DirectRunner, Beam's in-process FnApiRunner straight away: Beam 2.77's
+    DirectRunner first tries Prism, which downloads a binary (and fails offline) before falling back to it.
+    Multi-process running (--direct_num_workers N --direct_running_mode multi_processing) is the FnApiRunner's,
+    with `pipelines.worker` as the worker process (`worker_command`: the one `standby_workers` gave).
+    """
+    std = options.view_as(StandardOptions)
+    if not _local(options):
+        if std.runner is None:
+            std.runner = "DataflowRunner"  # the flex template launcher builds the job for Dataflow
+        return None  # else Beam resolves it from --runner
     std.runner = "DirectRunner"
     from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.portability.api import beam_provision_api_pb2
@@ -107,7 +132,8 @@ def make_runner(options: PipelineOptions):
         # The FnApiRunner would start its own worker command for this mode; with no mode set it keeps the
         # environment given here, and still runs --direct_num_workers workers.
         direct.direct_running_mode = None
-        command = f"{shlex.quote(sys.executable)} -m pipelines.worker"  # run by a shell
+        command = worker_command or f"{shlex.quote(sys.executable)} -m pipelines.worker"  # run by a shell
+        log.debug("local workers: %s", command)
         environment = SubprocessSDKEnvironment.from_command_string(command)
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
@@ -148,7 +174,7 @@ def _window_text(w: dict) -> str:
     return "all records" if w["field"] is None else f"{w['field']} in [{w['start']}, {w['end']})"
 
 
-def run(argv: list[str] | None = None, now: float | None = None) -> int:
+def run(argv: list[str] | None = None, now: float | None = None, worker_command: str | None = None) -> int:
     """Validate, build, run, report. Returns the exit status: 0 done, 1 failed, 2 invalid request."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -156,7 +182,7 @@ def run(argv: list[str] | None = None, now: float | None = None) -> int:
         return 0
     _setup_logging()
     try:
-        return _run(argv, now)
+        return _run(argv, now, worker_command)
     except Exception as e:  # storage faults past their retries, while validating or reading the manifest
         log.debug("run failed", exc_info=True)
         print(f"run failed: {_one_line(e)}", file=sys.stderr)
@@ -172,7 +198,16 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}{hint}"
 
 
-def _run(argv: list[str], now: float | None) -> int:
+def run_process(argv: list[str] | None = None) -> int:
+    """`run` for a process that runs one export and ends (`python -m pipelines.export`, `ctexport export`).
+    A multi-process local run forks its workers first, so that they are ready when the runner wants them
+    (`pipelines.worker.standby_workers`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with worker.standby_workers(local_workers(argv)) as command:
+        return run(argv, worker_command=command)
+
+
+def _run(argv: list[str], now: float | None, worker_command: str | None) -> int:
     options = PipelineOptions(argv)
     try:
         unknown = unknown_flags(argv)
@@ -212,7 +247,7 @@ def _run(argv: list[str], now: float | None) -> int:
     if direct:  # on Dataflow the temp bucket's lifecycle rules are the place for that
         delete_stale_runs(temp_root, naming.run_prefix(request.request_id, request.run_ts))
     try:
-        p = beam.Pipeline(runner=make_runner(options), options=options)
+        p = beam.Pipeline(runner=make_runner(options, worker_command), options=options)
         shard_bytes = int(os.environ.get(SHARD_BYTES_ENV, SHARD_BYTES))
         build_pipeline(p, request, files, spill, shard_bytes=shard_bytes)
         result = p.run()
@@ -272,7 +307,7 @@ def _setup_logging() -> None:
 
 
 def main() -> None:
-    sys.exit(run())
+    sys.exit(run_process())
 
 
 if __name__ == "__main__":

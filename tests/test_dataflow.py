@@ -211,6 +211,35 @@ def test_multi_process_direct_runner_writes_the_same_objects(
     assert len(a) >= 10 and any("_errors/" in name for name in a), "rolled files and dead letters compared"
 
 
+@pytest.mark.pipeline
+@pytest.mark.slow
+def test_the_command_line_forks_its_workers_and_writes_the_same_objects(data, tmp_path, monkeypatch):
+    """`python -m pipelines.export` forks its workers before it builds the pipeline (pipelines.worker): the
+    runner's workers hand their work to them, and the objects are those of one process."""
+    monkeypatch.setenv("CTEXPORT_SHARD_BYTES", "3000")  # the shards of a series spread over both workers
+    common = [
+        "--source", f"{data}/events-*", "--request_id", "req_1", "--database_id", DB,
+        "--run_timestamp", RUN_TS, "--start", "20261125", "--end", "20261127",
+        "--format", "xml", "--compression", "gzip", "--max_file_bytes", "4000",
+    ]  # fmt: skip
+    one, two = tmp_path / "one" / "exports", tmp_path / "two" / "exports"
+    assert run(common + ["--output", str(one)]) == 0
+    multi = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+    argv = [sys.executable, "-m", "pipelines.export", *common, "--output", str(two), *multi]
+    env = dict(os.environ, CTEXPORT_DEBUG="1")  # says which worker command the runner got
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"local workers: .* -m pipelines\.worker --standby \S+", done.stderr)
+    assert " shards" in done.stderr
+    a, b = objects(one), objects(two)
+    manifest = naming.manifest_name("req_1", RUN_TS)
+    ma, mb = json.loads(a.pop(manifest)), json.loads(b.pop(manifest))
+    assert ma["request"].pop("output") == str(one) and mb["request"].pop("output") == str(two)
+    assert ma == mb
+    assert a == b
+    assert len(a) >= 10 and any("_errors/" in name for name in a), "rolled files and dead letters compared"
+
+
 def test_a_local_worker_that_fails_says_so_in_its_exit_status():
     """`pipelines.worker` ends its process at once, skipping Python's teardown: a harness that fails must
     still exit non-zero (the runner reports a worker's non-zero exit) and show why."""

@@ -1,0 +1,91 @@
+"""The standby workers of a multi-process local run (`pipelines.worker`): the worker command the runner starts
+hands its work to a standby forked by the export's own process, returns the standby's exit status, and runs
+the harness itself when no standby is left; standbys nobody takes end with the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs in a fresh process (standbys are forked only from a process that has not started a runner). Beam's
+# harness is replaced by one that says where it ran and fails for the worker "bad".
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from pipelines import worker
+
+    def harness():
+        print(json.dumps({"ran": os.environ["WORKER_ID"], "pid": os.getpid(), "parent": os.getppid(),
+                          "control": os.environ.get("CONTROL_API_SERVICE_DESCRIPTOR")}), flush=True)
+        if os.environ["WORKER_ID"] == "bad":
+            raise RuntimeError("the harness failed")
+
+    worker._harness = harness
+    report = {"main": os.getpid()}
+    with worker.standby_workers(2) as command:
+        report["command"] = command
+        socket_path = command.split()[-1]
+        workers = [
+            subprocess.Popen(command, shell=True, env=dict(os.environ, WORKER_ID=w, CONTROL_API_SERVICE_DESCRIPTOR=w))
+            for w in ("good", "bad")
+        ]
+        report["statuses"] = [p.wait(60) for p in workers]
+        report["workers"] = [p.pid for p in workers]
+        # Both standbys are taken: a third worker runs Beam's harness itself (which fails here: no control address).
+        env = {k: v for k, v in os.environ.items() if k != "CONTROL_API_SERVICE_DESCRIPTOR"}
+        third = subprocess.run(command, shell=True, env=dict(env, WORKER_ID="third"), capture_output=True, text=True, timeout=120)
+        report["third"] = [third.returncode, "CONTROL_API_SERVICE_DESCRIPTOR" in third.stderr, '"ran"' in third.stdout]
+    report["socket_left"] = os.path.exists(socket_path)
+    with worker.standby_workers(2) as unused:  # two standbys nobody takes
+        report["unused"] = unused is not None
+    try:
+        os.waitpid(-1, os.WNOHANG)
+        report["children_left"] = True
+    except ChildProcessError:
+        report["children_left"] = False
+    print(json.dumps(report))
+    """
+)
+
+
+def test_standbys_do_the_work_of_the_workers_and_end_with_the_run():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    ran, report = lines[:-1], lines[-1]
+    assert "--standby" in report["command"]
+    assert report["statuses"] == [0, 1]  # the standby's status is the worker's
+    assert "the harness failed" in done.stderr
+    assert sorted(r["ran"] for r in ran) == ["bad", "good"]
+    for (
+        r
+    ) in ran:  # the harness ran in a standby, a child of the export's process, with the worker's environment
+        assert r["parent"] == report["main"] and r["pid"] not in report["workers"]
+        assert r["control"] == r["ran"]
+    assert len({r["pid"] for r in ran}) == 2
+    assert report["third"] == [1, True, False]
+    assert report["unused"] is True
+    assert report["socket_left"] is False
+    assert report["children_left"] is False
+
+
+def test_no_standbys_in_a_process_that_has_started_a_runner():
+    """gRPC must not be running when a process forks: after a runner has been imported, workers start plainly."""
+    script = (
+        "import apache_beam.runners.portability.fn_api_runner\n"
+        "from pipelines import worker\n"
+        "with worker.standby_workers(2) as command:\n"
+        "    print(command)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "None"
