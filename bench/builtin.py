@@ -43,7 +43,8 @@ from apache_beam.coders import coders
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 import baseline  # noqa: E402  (bench/baseline.py: validation and encoders, no pipeline code)
 
 OBJECTS = baseline.OBJECTS
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--request_id", default="bench")
     ap.add_argument("--run_timestamp", default="20261128000000")
     ap.add_argument("--database_id", default="W4R-565-5Z4Z")
-    args = ap.parse_args(argv)
+    args, beam_args = ap.parse_known_args(argv)  # Beam's own flags, e.g. --direct_num_workers 2
 
     started = time.perf_counter()
     globs = [g for g in args.source.split(",") if g]
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no file matches {args.source}", file=sys.stderr)
         return 2
     os.makedirs(args.output, exist_ok=True)
-    options = PipelineOptions([])
+    options = PipelineOptions(beam_args)
+    # Worker processes (--direct_running_mode multi_processing) import this module's helpers from bench/.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))
     prefix = f"{args.request_id}-{args.run_timestamp}"
     suffix = f"-{args.database_id}.{args.format}"
     parse = Parse(baseline.parse_time(args.start), baseline.parse_time(args.end), prefix, suffix)
