@@ -56,7 +56,7 @@ def build_pipeline(
     )
     parsed = (
         p
-        | "ReadTasks" >> beam.Create(list(range(len(tasks))))
+        | "ReadTasks" >> beam.Create(list(range(len(tasks))), reshuffle=False)  # SpreadTasks does it
         | "SpreadTasks" >> beam.Reshuffle()
         | "ExtractSeries" >> ExtractSeries(request, tasks, file_order, budget, spill)
     )
