@@ -161,8 +161,11 @@ def _standby(listener: socket.socket, watch: int) -> None:
             status = 0
             return
         with conn:
-            conn.sendall(_READY)
-            env = _read_all(conn)
+            try:
+                conn.sendall(_READY)
+                env = _read_all(conn)
+            except OSError:
+                env = b""
             if not env:  # the worker gave up waiting and runs the harness itself
                 status = 0
                 return
@@ -171,12 +174,13 @@ def _standby(listener: socket.socket, watch: int) -> None:
             status = 0
             try:
                 _harness()
-            except BaseException:
+            except BaseException:  # as in _exit_after_harness
                 traceback.print_exc()
                 status = 1
             sys.stdout.flush()
             sys.stderr.flush()
-            conn.sendall(bytes([status]))
+            with contextlib.suppress(OSError):  # the worker process may be gone (the runner stopped it)
+                conn.sendall(bytes([status]))
     except BaseException:
         traceback.print_exc()
     finally:
