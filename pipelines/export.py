@@ -5,6 +5,8 @@ Exit status: 0 done, 1 the run failed, 2 the request was invalid (nothing read, 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shlex
@@ -95,12 +97,15 @@ def local_workers(argv: list[str]) -> int:
     """How many worker processes a multi-process local run with these flags starts; 0 for any other run."""
     from apache_beam.options.pipeline_options import DirectOptions
 
+    if "-h" in argv or "--help" in argv:
+        return 0
     try:
-        options = PipelineOptions(argv)
-        if not _local(options):
-            return 0
-        direct = options.view_as(DirectOptions)
-    except (Exception, SystemExit):  # bad flags: `run` says what is wrong
+        with contextlib.redirect_stderr(io.StringIO()):  # bad flags: `run` says what is wrong, once
+            options = PipelineOptions(argv)
+            if not _local(options):
+                return 0
+            direct = options.view_as(DirectOptions)
+    except (Exception, SystemExit):
         return 0
     if direct.direct_running_mode != "multi_processing":
         return 0

@@ -89,3 +89,47 @@ def test_no_standbys_in_a_process_that_has_started_a_runner():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "None"
+
+
+def test_a_standby_whose_worker_gives_up_ends_quietly():
+    """A worker that times out waiting runs the harness itself and closes the connection: the standby that
+    answers late must then end, without running a second harness and without a traceback."""
+    script = textwrap.dedent(
+        """
+        import os, socket
+        from pipelines import worker
+
+        def harness():
+            print("second harness", flush=True)
+
+        worker._harness = harness
+        with worker.standby_workers(1) as command:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(command.split()[-1])
+            assert conn.recv(1) == b"R"
+            conn.close()
+            _, status = os.wait()  # the standby ends by itself: the entry has not closed its pipe yet
+            print("standby status", os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:1] == ["standby status 0"]
+    assert "second harness" not in done.stdout and "Traceback" not in done.stderr
+
+
+def test_the_command_line_reports_help_and_bad_flags_once():
+    """`python -m pipelines.export` reads the flags before anything else to learn whether to fork standbys;
+    that read stays silent, so help and a bad flag are printed by the run alone, once."""
+    argv = [sys.executable, "-m", "pipelines.export"]
+    helped = subprocess.run(argv + ["--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0
+    assert (
+        helped.stdout.startswith("usage: python -m pipelines.export") and helped.stdout.count("usage:") == 1
+    )
+    bad = ["--direct_num_workers", "x", "--direct_running_mode", "multi_processing"]
+    failed = subprocess.run(argv + bad, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2
+    assert failed.stderr.count("invalid int value: 'x'") == 1
