@@ -99,6 +99,7 @@ def local_workers(argv: list[str]) -> int:
 
     if "-h" in argv or "--help" in argv:
         return 0
+    handlers = logging.root.handlers[:]
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # bad flags: `run` says what is wrong, once
             options = PipelineOptions(argv)
@@ -107,6 +108,9 @@ def local_workers(argv: list[str]) -> int:
             direct = options.view_as(DirectOptions)
     except (Exception, SystemExit):
         return 0
+    finally:
+        # Beam may log while parsing, which gives the root logger a handler on the discarded stream.
+        logging.root.handlers[:] = handlers
     if direct.direct_running_mode != "multi_processing":
         return 0
     # As the FnApiRunner counts them: 0 means one per core.
