@@ -52,17 +52,25 @@ def main() -> None:
 
 
 def _exit_after_harness() -> None:
+    status = 1
+    try:
+        status = _harness_status()
+    finally:
+        # Every bundle is finished (files closed, results sent) before the runner lets a worker go.
+        os._exit(status)
+
+
+def _harness_status() -> int:
+    """Run the harness: 0 when it ends well, 1 when it fails. Output is flushed either way."""
     status = 0
     try:
         _harness()
     except BaseException:  # the harness has logged it to the runner; show it here too, as Python would
         traceback.print_exc()
         status = 1
-    finally:
-        # Every bundle is finished (files closed, results sent) before the runner lets a worker go.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return status
 
 
 def _harness() -> None:
@@ -171,14 +179,7 @@ def _standby(listener: socket.socket, watch: int) -> None:
                 return
             os.environ.clear()
             os.environ.update(json.loads(env))
-            status = 0
-            try:
-                _harness()
-            except BaseException:  # as in _exit_after_harness
-                traceback.print_exc()
-                status = 1
-            sys.stdout.flush()
-            sys.stderr.flush()
+            status = _harness_status()
             with contextlib.suppress(OSError):  # the worker process may be gone (the runner stopped it)
                 conn.sendall(bytes([status]))
     except BaseException:

@@ -180,6 +180,17 @@ def objects(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def assert_same_objects(one: Path, two: Path) -> None:
+    """The two runs' folders hold the same objects; their manifests differ only in the output location."""
+    a, b = objects(one), objects(two)
+    manifest = naming.manifest_name("req_1", RUN_TS)
+    ma, mb = json.loads(a.pop(manifest)), json.loads(b.pop(manifest))
+    assert ma["request"].pop("output") == str(one) and mb["request"].pop("output") == str(two)
+    assert ma == mb
+    assert a == b
+    assert len(a) >= 10 and any("_errors/" in name for name in a), "rolled files and dead letters compared"
+
+
 @pytest.mark.pipeline
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt,compression,shard_bytes", [("csv", "gzip", None), ("json", "none", "3000")])
@@ -202,13 +213,7 @@ def test_multi_process_direct_runner_writes_the_same_objects(
     assert run(common + ["--output", str(two)] + multi) == 0
     err = capsys.readouterr().err
     assert (" shards" in err) == bool(shard_bytes)
-    a, b = objects(one), objects(two)
-    manifest = naming.manifest_name("req_1", RUN_TS)
-    ma, mb = json.loads(a.pop(manifest)), json.loads(b.pop(manifest))
-    assert ma["request"].pop("output") == str(one) and mb["request"].pop("output") == str(two)
-    assert ma == mb
-    assert a == b
-    assert len(a) >= 10 and any("_errors/" in name for name in a), "rolled files and dead letters compared"
+    assert_same_objects(one, two)
 
 
 @pytest.mark.pipeline
@@ -231,13 +236,7 @@ def test_the_command_line_forks_its_workers_and_writes_the_same_objects(data, tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"local workers: .* -m pipelines\.worker --standby \S+", done.stderr)
     assert " shards" in done.stderr
-    a, b = objects(one), objects(two)
-    manifest = naming.manifest_name("req_1", RUN_TS)
-    ma, mb = json.loads(a.pop(manifest)), json.loads(b.pop(manifest))
-    assert ma["request"].pop("output") == str(one) and mb["request"].pop("output") == str(two)
-    assert ma == mb
-    assert a == b
-    assert len(a) >= 10 and any("_errors/" in name for name in a), "rolled files and dead letters compared"
+    assert_same_objects(one, two)
 
 
 def test_a_local_worker_that_fails_says_so_in_its_exit_status():

@@ -64,9 +64,8 @@ def test_standbys_do_the_work_of_the_workers_and_end_with_the_run():
     assert report["statuses"] == [0, 1]  # the standby's status is the worker's
     assert "the harness failed" in done.stderr
     assert sorted(r["ran"] for r in ran) == ["bad", "good"]
-    for (
-        r
-    ) in ran:  # the harness ran in a standby, a child of the export's process, with the worker's environment
+    # The harness ran in a standby, a child of the export's process, with the worker's environment.
+    for r in ran:
         assert r["parent"] == report["main"] and r["pid"] not in report["workers"]
         assert r["control"] == r["ran"]
     assert len({r["pid"] for r in ran}) == 2
