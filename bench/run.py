@@ -552,7 +552,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"default: {','.join(DEFAULT_CONTENDERS)}; also builtin-2p (Beam's writers in --workers processes)",
     )
-    ap.add_argument("--workers", type=int, default=2, help="processes of the ours-2p contender (default 2)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes of the ours-2p and builtin-2p contenders (default 2)",
+    )
     names = ap.add_mutually_exclusive_group()
     names.add_argument("--zipf", action="store_true", help="Zipf-distributed event names (the default)")
     names.add_argument("--uniform", action="store_true", help="uniform event names")
