@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import gzip as gzip_module
 import io
-import itertools
 import json
 import os
 import pickle
@@ -200,20 +199,34 @@ def arrowish_items(draw):
     return items
 
 
+def _blob(items: list[Item]) -> bytes:
+    """Data lines as the writer hands them to Arrow: each followed by a newline."""
+    return b"".join(i.line + b"\n" for i in items)
+
+
+def _ts(items: list[Item]) -> pa.Array:
+    return pa.array([i.ts for i in items], pa.int64())
+
+
 def _arrow_path_agrees(items: list[Item]) -> bool:
-    """Whether the Arrow path read `items`; when it did, it must give the Python path's schema and table."""
+    """Whether the Arrow path read `items`; when it did, it must give the Python path's schema and table, both
+    reading a whole series (types inferred in the same pass) and reading lines of a known schema."""
     from transforms.formats import parquet
 
     ctx = SeriesContext(EVENTS, "Ev")
-    lines = [i.line for i in items]
-    python_schema = parquet.schema_of(ctx, parquet._types_in_python(ctx, lines))
-    read = parquet._read_in_arrow(lines)
+    python_schema = parquet.schema_of(ctx, parquet._types_in_python(ctx, [i.line for i in items]))
+    expected = parquet._table_in_python(ctx, python_schema, items)
+    read = parquet._read_in_arrow(_blob(items))
     types = None if read is None else read[0]
     if types is not None:
         assert parquet.schema_of(ctx, types) == python_schema
     table = parquet._events_table_in_arrow(ctx, python_schema, items)
     if table is not None:
-        assert table.equals(parquet._table_in_python(ctx, python_schema, items))
+        assert table.equals(expected)
+    whole = parquet.series_table(ctx, _blob(items), _ts(items))
+    if whole is not None:
+        assert whole.equals(expected)
+    assert (whole is None) == (types is None), "the series path reads what it can type"
     return types is not None and table is not None
 
 
@@ -231,74 +244,69 @@ def _numbered(line: bytes, n: int) -> bytes:
 
 
 @SETTINGS
-@given(arrowish_items(), st.data(), st.randoms(use_true_random=False))
-def test_parquet_tables_of_runs_cast_into_the_series_table(base, data, rnd):
-    """The parse stage keeps the table Arrow read for each run's types; the writer casts the runs' tables to
-    the series' schema and takes their rows in series order. When it does, the table is the one read from
-    the lines; when a run's types do not cast (a property widened to text), it declines."""
+@given(arrowish_items(), st.data())
+def test_parquet_shard_table_has_the_series_schema_and_the_python_paths_rows(base, data):
+    """A shard of a series is read with the whole series' types (merged from its spans' types): its table is
+    the one the Python path makes of the shard's records in the series' schema, or None (then Python makes
+    it) when the series widened a property of the shard to text."""
     from transforms.formats import parquet
 
     ctx = SeriesContext(EVENTS, "Ev")
-    # Runs drawn from one series' records: a property has a type in some runs, another or none in others.
-    some = st.lists(st.sampled_from(base), min_size=1, max_size=6)
-    runs_items = data.draw(st.lists(some, min_size=1, max_size=4))
-    everything = [
-        Item(i.ts + k * 100, None, _numbered(i.line, n))
-        for n, (k, i) in enumerate((k, i) for k, items in enumerate(runs_items) for i in items)
-    ]
-    runs_ = [
-        everything[a : a + len(items)]
-        for a, items in zip(itertools.accumulate([0, *map(len, runs_items)]), runs_items, strict=False)
-    ]
-    rnd.shuffle(runs_)  # runs come in task order, not series order
-    read = [parquet.lines_types_and_table(ctx, [i.line for i in run]) for run in runs_]
-    types = functools.reduce(parquet.merge_types, [types for types, _ in read])
+    picked = data.draw(st.lists(st.sampled_from(base), min_size=2, max_size=12))
+    everything = [Item(i.ts + n, None, _numbered(i.line, n)) for n, i in enumerate(picked)]
+    cut = data.draw(st.integers(1, len(everything) - 1))
+    spans = [everything[:cut], everything[cut:]]
+    types = functools.reduce(parquet.merge_types, [parquet.blob_types(ctx, _blob(span)) for span in spans])
     schema = parquet.schema_of(ctx, types)
     assert schema == parquet.schema_of(ctx, parquet._types_in_python(ctx, [i.line for i in everything]))
-    if any(table is None for _, table in read):
-        return
-    stored = [parquet.table_from_bytes(parquet.table_bytes(table).to_pybytes()) for _, table in read]
-    in_order = [i for run in runs_ for i in run]
-    order = sorted(range(len(in_order)), key=lambda k: in_order[k].ts)
-    table = parquet.events_table(
-        ctx,
-        schema,
-        stored,
-        pa.array(order, pa.uint64()),
-        pa.array([in_order[k].ts for k in order], pa.int64()),
-    )
-    expected = parquet._table_in_python(ctx, schema, sorted(everything, key=lambda i: i.ts))
-    if table is not None:
-        assert table.equals(expected)
+    for span in spans:
+        table = parquet.series_table(ctx, _blob(span), _ts(span), types)
+        if table is not None:
+            assert table.equals(parquet._table_in_python(ctx, schema, span))
 
 
-def test_parquet_tables_of_runs_cast_exactly_or_not_at_all():
-    """Runs whose types widen exactly (null, integer to double, fields added, lists of those) cast into the
-    series' table; a run whose property the series widens to text is declined."""
+def test_parquet_shard_tables_widen_exactly_or_decline():
+    """A shard read with its series' types: integers where the series has doubles, fields and nulls the shard
+    lacks, read by Arrow; a property the series widens to text, declined (the Python path renders it)."""
     from transforms.formats import parquet
 
     ctx = SeriesContext(EVENTS, "Ev")
 
-    def cast(*runs_values):
-        lines = [[orjson.dumps({"ts": 1, "eventProps": v}) for v in values] for values in runs_values]
-        read = [parquet.lines_types_and_table(ctx, run) for run in lines]
-        schema = parquet.schema_of(ctx, functools.reduce(parquet.merge_types, [t for t, _ in read]))
-        n = sum(map(len, lines))
-        table = parquet.events_table(
-            ctx, schema, [t for _, t in read], pa.array(range(n), pa.uint64()), pa.array([7] * n, pa.int64())
+    def shard(this, other):
+        items = [Item(7 + n, None, orjson.dumps({"ts": 1, "eventProps": v})) for n, v in enumerate(this)]
+        rest = [Item(7, None, orjson.dumps({"ts": 1, "eventProps": v})) for v in other]
+        types = parquet.merge_types(
+            parquet.blob_types(ctx, _blob(items)), parquet.blob_types(ctx, _blob(rest))
         )
-        items = [Item(7, None, line) for run in lines for line in run]
-        return table, parquet._table_in_python(ctx, schema, items)
+        schema = parquet.schema_of(ctx, types)
+        return parquet.series_table(ctx, _blob(items), _ts(items), types), parquet._table_in_python(
+            ctx, schema, items
+        )
 
-    table, expected = cast(
-        [{"a": 1, "l": [1], "s": {"x": 1}}],
-        [{"a": 0.5, "b": None, "l": [], "s": {"y": "t"}}, {"b": True, "l": [2.5]}],
+    table, expected = shard(
+        [{"a": 1, "l": [1], "s": {"x": 1}}, {"l": [], "s": {"x": 2}}],
+        [{"a": 0.5, "b": None, "l": [2.5], "s": {"y": "t"}}, {"b": True}],
     )
     assert table is not None and table.equals(expected)
     assert table.column("eventProps").type.field("a").type == pa.float64()
+    assert table.column("eventProps").type.field("s").type.names == ["x", "y"]
     for a, b in (({"x": 1}, "one"), (1e20, "one"), ([1], 2)):
-        table, _ = cast([{"a": a}], [{"a": b}])
-        assert table is None, f"{a!r} in one run, {b!r} in another: text in the series, the lines are read"
+        table, _ = shard([{"a": a}], [{"a": b}])
+        assert table is None, f"{a!r} in one shard, {b!r} in another: text in the series, Python reads it"
+
+
+def test_parquet_series_read_keeps_strings_arrow_takes_for_timestamps():
+    """Arrow's inference sees timestamps in some strings; the series is then read again as text, in Arrow."""
+    from transforms.formats import parquet
+
+    ctx = SeriesContext(EVENTS, "Ev")
+    values = [{"when": "2024-02-12T10:00:00", "n": 1}, {"when": "2024-02-13 11:30:00", "n": 2}]
+    items = [Item(5 + n, None, orjson.dumps({"ts": 1, "eventProps": v})) for n, v in enumerate(values)]
+    assert pa.types.is_timestamp(parquet._read_in_arrow(_blob(items))[1].column("eventProps").type[0].type)
+    table = parquet.series_table(ctx, _blob(items), _ts(items))
+    schema = parquet.schema_of(ctx, parquet._types_in_python(ctx, [i.line for i in items]))
+    assert table is not None and table.equals(parquet._table_in_python(ctx, schema, items))
+    assert table.column("eventProps").to_pylist() == values
 
 
 # Few keys and plain values: the same property meets another type in another part of the series often.

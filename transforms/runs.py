@@ -10,8 +10,6 @@ process) and what held the whole export in memory at once.
 A run is a sequence of frames; a frame holds up to FRAME_RECORDS records as four arrays and a blob:
     <count:u32> <has_created:u8> ts[count]:i64 pos[count]:i64 lengths[count]:u32 [created[count]:i64]
     [id lengths[count]:u32 ids blob] lines blob
-A Parquet events run is followed by the Arrow table its types were inferred from (`RunFile.add_bytes`; its
-place travels in `RunRef.meta`).
 """
 
 from __future__ import annotations
@@ -97,13 +95,6 @@ class RunFile:
             nbytes += n
         return offset, self._size - offset, nbytes
 
-    def add_bytes(self, data) -> tuple[int, int]:
-        """Append any bytes (a series' Arrow table, say). Returns their (offset, length) for `read_bytes`."""
-        offset = self._size
-        self._f.write(data)
-        self._size += len(data)
-        return offset, len(data)
-
     def close(self) -> None:
         self._f.close()
 
@@ -125,13 +116,6 @@ def paused_gc():
     finally:
         if was_enabled:
             gc.enable()
-
-
-def read_bytes(url: str, offset: int, length: int) -> bytes:
-    """What `RunFile.add_bytes` stored."""
-    with storage.open_read(url) as f:
-        f.seek(offset)
-        return _read_exact(f, length)
 
 
 def _read_exact(f, n: int) -> bytes:
@@ -264,6 +248,17 @@ class SortedLines(NamedTuple):
 
         lengths = pc.binary_length(self.lines).take(self.order).cast("int64")
         return pc.add(lengths, len(self.line_end)) if self.line_end else lengths
+
+    def blob(self):
+        """The whole span as written (lines with their ends), in series order, as one Arrow buffer."""
+        import pyarrow as pa
+
+        if not len(self.order):
+            return pa.py_buffer(b"")
+        lines = self.in_order()
+        offsets = memoryview(lines.buffers()[1]).cast("q")
+        start, end = offsets[lines.offset], offsets[lines.offset + len(lines)]
+        return lines.buffers()[2].slice(start, end - start)
 
     def in_order(self, start: int = 0, stop: int | None = None):
         """Records start..stop-1 of the series as written (lines with their ends), as one large_binary array."""

@@ -196,27 +196,18 @@ class _ParseTask(beam.DoFn):
                     recs = acc.series[key]
                     recs.sort()  # by (ts, line, position): series order, and a fixed order for identical records
                     offset, length, nbytes = f.add(recs, profiles)
-                    meta = self._meta(key, recs, acc, f)
+                    meta = self._meta(key, acc)
                     out.append((key, RunRef(url, task_index, len(recs), nbytes, offset, length, meta)))
             if path is None:
                 storage.open_storage(self._spill).write_file(name, local)
         return out
 
-    def _meta(self, key: tuple[str, str], recs: list[tuple], acc: _Accumulator, f: runs.RunFile):
+    def _meta(self, key: tuple[str, str], acc: _Accumulator):
         """What the writer of an events series needs of this run besides its records (`RunRef.meta`): the
-        CSV header's keys per object, or the Parquet property types, with the objects as Arrow read them to
-        type them (stored after the run's frames) when the writer can use them as they are."""
+        CSV header's keys per object. (Parquet's writer reads a series' types with its lines, in one pass.)"""
         r = self._request
-        if r.export_type != "events":
-            return None
-        if r.format == "csv":
+        if r.export_type == "events" and r.format == "csv":
             return tuple(frozenset(keys) for keys in acc.csv_keys.get(key, ((), (), ())))
-        if r.format == "parquet":
-            from transforms.formats import parquet
-
-            ctx = SeriesContext(EVENTS, key[0])
-            types, table = parquet.lines_types_and_table(ctx, [rec[1] for rec in recs])
-            return parquet.RunTypes(types, None if table is None else f.add_bytes(parquet.table_bytes(table)))
         return None
 
     def _general(self, records: _TaskRecords, acc: _Accumulator) -> None:

@@ -506,6 +506,7 @@ class Shard(NamedTuple):
     count: int
     span: tuple[int, int]
     nbytes: int  # its records' data lines
+    meta: object = None  # a Parquet events series in several shards: the whole series' property types
 
 
 class _PlanShards(beam.DoFn):
@@ -523,13 +524,26 @@ class _PlanShards(beam.DoFn):
         total = sum(r.nbytes for r in refs)
         spans = [(runs.ALL, total)]
         o = self._opts
-        # Every format shards; CSV and Parquet shards share the series' header or schema, from the runs' meta.
-        whole_known = o.fmt in ("json", "xml") or all(r.meta is not None for r in refs)
+        # Every format shards. CSV shards share the series' header, from the runs' meta; Parquet shards share
+        # its schema, from the types read here.
+        whole_known = o.fmt != "csv" or all(r.meta is not None for r in refs)
+        types = None
         if o.kind == "events" and whole_known and total > self._shard_bytes:
             spans = runs.shard_spans(refs, self._shard_bytes)
             log.info("%s %s: %d shards", key[0], key[1], len(spans))
+            if o.fmt == "parquet":
+                types = _series_types(key, refs, spans)
         for i, (span, nbytes) in enumerate(spans):
-            yield Shard(key, refs, i, len(spans), span, nbytes)
+            yield Shard(key, refs, i, len(spans), span, nbytes, types)
+
+
+def _series_types(key: tuple[str, str], refs: list, spans: list) -> dict:
+    """A Parquet events series' property types, read a span at a time."""
+    from transforms.formats import parquet
+
+    ctx = SeriesContext(EVENTS, key[0])
+    parts = (parquet.blob_types(ctx, runs.sorted_lines(refs, b"\n", span).blob()) for span, _ in spans)
+    return functools.reduce(parquet.merge_types, parts)
 
 
 class _WriteSeries(beam.DoFn):
@@ -559,7 +573,8 @@ class _WriteSeries(beam.DoFn):
         positions = array("q")
         scan = None
         size = shard.nbytes
-        meta = self._series_meta(refs)  # the series' CSV keys or Parquet types, when the runs carry them
+        # The series' CSV keys when the runs carry them, or a sharded Parquet series' types.
+        meta = shard.meta if shard.meta is not None else self._series_meta(refs)
         if self._opts.kind == "profiles":
             records = []
             for ref in refs:
@@ -613,27 +628,17 @@ class _WriteSeries(beam.DoFn):
         )
 
     def _parquet_table(self, key: tuple[str, str], refs: list, span, types):
-        """A Parquet events series' table (and its records' positions) from the Arrow tables its runs stored,
-        or None when a run has none or its types do not cast to the series' (then the lines are read)."""
-        if self._opts.fmt != "parquet" or types is None or any(r.meta.table_at is None for r in refs):
+        """A Parquet events series' table (and its records' positions), read from its lines in series order
+        in one pass of Arrow's JSON reader; None when only Python reads them right (`to_table` then does).
+        `types`: the whole series' when this is one of its shards."""
+        if self._opts.fmt != "parquet" or self._opts.kind != "events":
             return None
         from transforms.formats import parquet
 
-        ctx = SeriesContext(EVENTS, key[0])
-        schema = parquet.schema_of(ctx, types)
-        lines = runs.sorted_lines(refs, b"", span)  # the series order, which ties need the lines for
-        order, ts, positions, sections = (
-            lines.order,
-            lines.ts.take(lines.order),
-            lines.positions,
-            lines.sections,
-        )
-        del lines  # only the order was wanted of them
-        parts = []
-        for ref, first, count in sections:
-            part = parquet.table_from_bytes(runs.read_bytes(ref.url, *ref.meta.table_at))
-            parts.append(part.slice(first, count))
-        table = parquet.events_table(ctx, schema, parts, order, ts)  # it empties `parts` as it goes
+        lines = runs.sorted_lines(refs, b"\n", span)
+        blob, ts, positions = lines.blob(), lines.ts.take(lines.order), lines.positions
+        del lines  # one copy of the lines at a time: the blob has them all, in order
+        table = parquet.series_table(SeriesContext(EVENTS, key[0]), blob, ts, types)
         return None if table is None else (ArrowRows(table), _ArrowPositions(positions))
 
     def _series_meta(self, refs: list):
@@ -643,10 +648,6 @@ class _WriteSeries(beam.DoFn):
         if self._opts.fmt == "csv":
             keys = [set().union(*parts) for parts in zip(*(r.meta for r in refs), strict=True)]
             return dict(zip(EVENT_OBJECTS, keys, strict=True))
-        if self._opts.fmt == "parquet":
-            from transforms.formats.parquet import merge_types
-
-            return functools.reduce(merge_types, (r.meta.types for r in refs))
         return None
 
     def _too_large(self, packed_pos: int) -> DeadLetter:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -136,40 +136,18 @@ def series_schema(ctx: SeriesContext, items: Iterable[Item]) -> pa.Schema:
 def lines_types(ctx: SeriesContext, lines: list[bytes]) -> dict[str, Any]:
     """The property types of records given as data lines (part of a series, or all of it): what
     `merge_types` combines and `schema_of` turns into the schema."""
-    return lines_types_and_table(ctx, lines)[0]
+    if ctx.kind == EVENTS:
+        return blob_types(ctx, b"\n".join(lines))
+    return _types_in_python(ctx, lines)
 
 
-def lines_types_and_table(ctx: SeriesContext, lines: list[bytes]) -> tuple[dict[str, Any], pa.Table | None]:
-    """`lines_types`, and for events that Arrow read, the objects as Arrow read them (columns `profile`,
-    `deviceInfo`, `eventProps` where present, a row a line) when their types are exactly the `lines_types`:
-    `events_table` casts such tables of a series' parts into its table without reading the lines again."""
-    read = _read_in_arrow(lines) if ctx.kind == EVENTS else None
-    if read is None:
-        return _types_in_python(ctx, lines), None
-    types, table = read
-    exact = all(_plain(table.schema.field(name).type) for name in table.schema.names)
-    return types, table if exact else None
-
-
-class RunTypes(NamedTuple):
-    """What a run of an events series tells its Parquet writer (`RunRef.meta`): its property types
-    (`lines_types`), and where in the run file its objects' Arrow table is (`table_bytes`), if it has one."""
-
-    types: dict[str, Any]
-    table_at: tuple[int, int] | None
-
-
-def table_bytes(table: pa.Table) -> pa.Buffer:
-    """A table as Arrow IPC stream bytes, for a run file."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
-
-
-def table_from_bytes(data: bytes) -> pa.Table:
-    """What `table_bytes` stored (its buffers are views of `data`, not copies)."""
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+def blob_types(ctx: SeriesContext, blob) -> dict[str, Any]:
+    """`lines_types` of events data lines given as one blob (bytes or an Arrow buffer), each line followed by
+    a newline or the last one not."""
+    read = _read_in_arrow(blob)
+    if read is not None:
+        return read[0]
+    return _types_in_python(ctx, [line for line in bytes(blob).split(b"\n") if line])
 
 
 def merge_types(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -268,25 +246,30 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 
-def _arrow_can_read(blob: bytes) -> bool:
-    return b"{}" not in blob and b"0" * 16 not in blob.translate(_DIGITS_AS_ZERO)
+def _arrow_can_read(blob) -> bool:
+    """Whether Arrow reads these data lines (bytes or an Arrow buffer) as the writer would. Looked at a few
+    MB at a time, the pieces overlapping by 16 bytes, so a big buffer is never copied whole."""
+    view = memoryview(blob)
+    step = 1 << 22
+    for start in range(0, len(view), step):
+        piece = bytes(view[max(0, start - 16) : start + step])
+        if b"{}" in piece or b"0" * 16 in piece.translate(_DIGITS_AS_ZERO):
+            return False
+    return True
 
 
-def _read_json(blob: bytes, schema: pa.Schema | None) -> pa.Table:
-    import io
-
+def _read_json(blob, schema: pa.Schema | None) -> pa.Table:
     import pyarrow.json as pj
 
     read = pj.ReadOptions(use_threads=False, block_size=max(len(blob) + 1, 1 << 20))  # one block
     parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore" if schema else "infer")
-    return pj.read_json(io.BytesIO(blob), read_options=read, parse_options=parse)
+    return pj.read_json(pa.BufferReader(blob), read_options=read, parse_options=parse)
 
 
-def _read_in_arrow(lines: list[bytes]) -> tuple[dict[str, Any], pa.Table] | None:
+def _read_in_arrow(blob) -> tuple[dict[str, Any], pa.Table] | None:
     """The events' property types as Arrow infers them and the objects' columns it read, or None when only
     Python can tell."""
-    blob = b"\n".join(lines)
-    if not blob or not _arrow_can_read(blob):
+    if not len(blob) or not _arrow_can_read(blob):
         return None
     try:
         table = _read_json(blob, None)
@@ -296,8 +279,6 @@ def _read_in_arrow(lines: list[bytes]) -> tuple[dict[str, Any], pa.Table] | None
             for name in EVENT_OBJECTS
         }
     except (*_ARROW_ERRORS, _Unsure):
-        return None
-    if table.num_rows != len(lines):
         return None
     return types, table.select([name for name in EVENT_OBJECTS if name in schema.names])
 
@@ -312,51 +293,42 @@ def _plain(t: pa.DataType) -> bool:
     return not (pa.types.is_timestamp(t) or pa.types.is_date(t))
 
 
-def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
-    """Whether Arrow's cast of a part's column (type `src`, from `lines_types_and_table`) to the series' type
-    `dst` gives the values the writer would read: same types, nulls, integers to doubles (they fit 53 bits:
-    `_arrow_can_read`), struct fields added or reordered, lists of castable items. Not a value to text."""
-    if pa.types.is_null(src) or src == dst:
-        return True
-    if pa.types.is_integer(src):
-        return pa.types.is_integer(dst) or pa.types.is_floating(dst)
-    if pa.types.is_list(src):
-        return pa.types.is_list(dst) and _castable(src.value_type, dst.value_type)
-    if pa.types.is_struct(src):
-        if not pa.types.is_struct(dst):
-            return False
-        names = {f.name: f.type for f in dst}
-        return all(f.name in names and _castable(f.type, names[f.name]) for f in src)
-    return False
+def series_table(
+    ctx: SeriesContext, blob, ts: pa.Array, types: dict[str, Any] | None = None
+) -> pa.Table | None:
+    """The events table of a series, or of a shard of it, in one pass of Arrow's JSON reader over its data
+    lines: `blob` (bytes or an Arrow buffer) holds them in series order, each followed by a newline, `ts`
+    their epoch seconds. `types`: the whole series' (a shard's schema is its series'); None: these lines'
+    own, inferred in the same pass. None when only Python reads the lines right (an empty object, a long
+    integer, a property widened to text): then `to_table` does."""
+    if types is not None:
+        return _objects_table(ctx, schema_of(ctx, types), blob, ts)
+    read = _read_in_arrow(blob)
+    if read is None:
+        return None
+    types, table = read
+    if not all(_plain(f.type) for f in table.schema):
+        table = None  # Arrow saw timestamps in some strings: read again, as text
+    return _objects_table(ctx, schema_of(ctx, types), blob, ts, table)
 
 
-def events_table(ctx: SeriesContext, schema: pa.Schema, parts: list[pa.Table], order, ts) -> pa.Table | None:
-    """The events table of `schema` from parts read by `lines_types_and_table` (the list is emptied), their
-    rows concatenated and taken in `order`; `ts` the epoch seconds in that order. None when a part's types
-    do not cast to the series' (a property widened to text, say): then `to_table` reads the lines."""
+def _objects_table(
+    ctx: SeriesContext, schema: pa.Schema, blob, ts: pa.Array, table: pa.Table | None = None
+) -> pa.Table | None:
+    """The events table of `schema` from data lines and their epoch seconds `ts`; `table`: the objects as
+    Arrow read them already, in types that cast to the schema's (only struct fields reordered and null-only
+    values typed). None when Arrow cannot read the lines as the writer would."""
     objects = [f for f in schema if f.name in EVENT_OBJECTS]
-    cast = []
-    parts.reverse()
-    while parts:  # each part is let go once cast, so that at most two copies of the series are held
-        part = parts.pop()
-        columns = []
-        for f in objects:
-            if f.name not in part.column_names:
-                columns.append(pa.nulls(part.num_rows, f.type))
-                continue
-            column = part.column(f.name)
-            if not _castable(column.type, f.type):
-                return None
-            columns.append(column.cast(f.type))
-        cast.append(pa.Table.from_arrays(columns, schema=pa.schema(objects)))
-    if objects and len(order):
-        whole = pa.concat_tables(cast).combine_chunks()
-        del cast
-        taken = whole.take(order)
-        del whole
-        columns = [taken.column(f.name).combine_chunks() for f in objects]
-    else:
-        columns = [pa.array([], f.type) for f in objects]
+    if table is None:
+        if not len(blob) or not _arrow_can_read(blob):
+            return None
+        try:
+            table = _read_json(blob, pa.schema(objects))
+        except _ARROW_ERRORS:
+            return None
+    if table.num_rows != len(ts):
+        return None
+    columns = [table.column(f.name).cast(f.type).combine_chunks() for f in objects]
     return _events_table(ctx, schema, pa.compute.multiply(ts, 1_000_000).cast(TIMESTAMP), columns)
 
 
@@ -395,18 +367,8 @@ def _from_arrow(t: pa.DataType) -> Any:
 
 
 def _events_table_in_arrow(ctx: SeriesContext, schema: pa.Schema, items: Sequence[Item]) -> pa.Table | None:
-    objects = [f for f in schema if f.name in EVENT_OBJECTS]
-    blob = b"\n".join([item.line for item in items])
-    if not blob or not _arrow_can_read(blob):
-        return None
-    try:
-        parsed = _read_json(blob, pa.schema(objects))
-    except _ARROW_ERRORS:
-        return None
-    if parsed.num_rows != len(items):
-        return None
-    ts = pa.array([item.ts * 1_000_000 for item in items], TIMESTAMP)
-    return _events_table(ctx, schema, ts, [parsed.column(f.name).combine_chunks() for f in objects])
+    ts = pa.array([item.ts for item in items], pa.int64())
+    return _objects_table(ctx, schema, b"\n".join([item.line for item in items]), ts)
 
 
 # Converting values to a schema. Arrow converts int to double itself and raises on any value that does not
