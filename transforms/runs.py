@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import gc
 import heapq
 import os
@@ -116,6 +117,28 @@ def paused_gc():
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _libc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _libc_trim()
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system after a task or a series: glibc's malloc and Arrow's pool keep
+    freed pages for reuse, so a worker would hold the peak of every task it ran on top of the next one's."""
+    import sys
+
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:
+        pa.default_memory_pool().release_unused()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _read_exact(f, n: int) -> bytes:
@@ -249,17 +272,6 @@ class SortedLines(NamedTuple):
         lengths = pc.binary_length(self.lines).take(self.order).cast("int64")
         return pc.add(lengths, len(self.line_end)) if self.line_end else lengths
 
-    def blob(self):
-        """The whole span as written (lines with their ends), in series order, as one Arrow buffer."""
-        import pyarrow as pa
-
-        if not len(self.order):
-            return pa.py_buffer(b"")
-        lines = self.in_order()
-        offsets = memoryview(lines.buffers()[1]).cast("q")
-        start, end = offsets[lines.offset], offsets[lines.offset + len(lines)]
-        return lines.buffers()[2].slice(start, end - start)
-
     def in_order(self, start: int = 0, stop: int | None = None):
         """Records start..stop-1 of the series as written (lines with their ends), as one large_binary array."""
         import pyarrow as pa
@@ -322,6 +334,26 @@ def sorted_lines(refs: list[RunRef], line_end: bytes, span: Span = ALL) -> Sorte
     )
     line, positions = table["line"].chunk(0), table["pos"].chunk(0).take(order)
     return SortedLines(line, order, positions, line_end, tuple(sections), table["ts"].chunk(0))
+
+
+def sorted_blob(refs: list[RunRef], span: Span = ALL) -> tuple[object, object, object]:
+    """An events series' records with ts in `span` as one Arrow buffer of their data lines in series order,
+    each followed by a newline; with their epoch seconds and positions in that order. The lines get their
+    ends in the order read and are then taken in order, the first copy let go before the second is made."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lines = sorted_lines(refs, b"\n", span)
+    order, ts, positions = lines.order, lines.ts.take(lines.order), lines.positions
+    if not len(order):
+        return pa.py_buffer(b""), ts, positions
+    empty, end = pa.scalar(b"", pa.large_binary()), pa.scalar(b"\n", pa.large_binary())
+    ended = pc.binary_join_element_wise(lines.lines, empty, end)
+    del lines
+    ended = ended.take(order)
+    offsets = memoryview(ended.buffers()[1]).cast("q")
+    start, stop = offsets[ended.offset], offsets[ended.offset + len(ended)]
+    return ended.buffers()[2].slice(start, stop - start), ts, positions
 
 
 def shard_spans(refs: list[RunRef], shard_bytes: int) -> list[tuple[Span, int]]:

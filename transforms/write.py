@@ -495,6 +495,9 @@ def write_series(
 # each shard is then small enough for the in-memory writers.
 SHARD_BYTES = IN_MEMORY_SERIES_BYTES
 SHARD_FILES = "shard_files"
+# After writing a shard of more data than this, a worker gives its freed memory back to the system (each time
+# costs ~10-20 ms: the pages are faulted in again for the next series).
+RELEASE_AFTER_BYTES = 16 * 1024 * 1024
 
 
 class Shard(NamedTuple):
@@ -542,7 +545,7 @@ def _series_types(key: tuple[str, str], refs: list, spans: list) -> dict:
     from transforms.formats import parquet
 
     ctx = SeriesContext(EVENTS, key[0])
-    parts = (parquet.blob_types(ctx, runs.sorted_lines(refs, b"\n", span).blob()) for span, _ in spans)
+    parts = (parquet.blob_types(ctx, runs.sorted_blob(refs, span)[0]) for span, _ in spans)
     return functools.reduce(parquet.merge_types, parts)
 
 
@@ -561,10 +564,13 @@ class _WriteSeries(beam.DoFn):
     def setup(self):
         r = self._request
         self._store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
+        runs.release_memory()  # what parsing left in this worker: the writer's peak comes on top
 
     def process(self, shard: Shard):
         with runs.paused_gc():
             out = list(self._write(shard))
+        if shard.nbytes > RELEASE_AFTER_BYTES:
+            runs.release_memory()  # before the next series' peak comes on top of this one's leftovers
         return out
 
     def _write(self, shard: Shard):
@@ -635,10 +641,9 @@ class _WriteSeries(beam.DoFn):
             return None
         from transforms.formats import parquet
 
-        lines = runs.sorted_lines(refs, b"\n", span)
-        blob, ts, positions = lines.blob(), lines.ts.take(lines.order), lines.positions
-        del lines  # one copy of the lines at a time: the blob has them all, in order
+        blob, ts, positions = runs.sorted_blob(refs, span)
         table = parquet.series_table(SeriesContext(EVENTS, key[0]), blob, ts, types)
+        del blob  # the table holds what the writer needs
         return None if table is None else (ArrowRows(table), _ArrowPositions(positions))
 
     def _series_meta(self, refs: list):
