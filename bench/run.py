@@ -39,6 +39,15 @@ FORMATS = ("json", "csv", "xml", "parquet")
 CONTENDERS = ("limit", "builtin", "builtin-2p", "ours-1p", "ours-2p")
 DEFAULT_CONTENDERS = ("limit", "builtin", "ours-1p", "ours-2p")
 SIZES = (100_000, 1_000_000, 5_000_000)
+
+
+def event_count(text: str) -> int:
+    """An event count as written on the command line: 250000, 100k or 5M."""
+    text = text.strip()
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    return int(text[:-1] if scale > 1 else text) * scale
+
+
 # Targets of the performance issue. "GB" is read as GiB.
 T_LIMIT_1P = 0.8  # ours 1p >= 0.8 x limit speed, every format
 T_LIMIT_2P = 1.2  # ours 2p >= 1.2 x limit speed (at 1M)
@@ -544,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Benchmark our export against the limit and Beam's built-in writers."
     )
-    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--events", type=event_count, default=1_000_000, help="e.g. 1000000 or 1M")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; the best of them is reported")
     ap.add_argument("--formats", default=",".join(FORMATS), help="default: json,csv,xml,parquet")
     ap.add_argument(
@@ -563,7 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     names.add_argument("--uniform", action="store_true", help="uniform event names")
     names.add_argument("--hot", type=float, metavar="FRACTION", help='this share of events is "App Launched"')
     ap.add_argument("--scaling", action="store_true", help="limit, ours-1p and ours-2p at each of --sizes")
-    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="for --scaling (default 100k,1M,5M)")
+    ap.add_argument(
+        "--sizes",
+        default=",".join(map(str, SIZES)),
+        help="for --scaling: counts such as 100k,1M,5M (the default)",
+    )
     ap.add_argument("--timeout", type=float, default=3600, help="kill a run after this many seconds")
     ap.add_argument("--keep", action="store_true", help="keep the contenders' output folders")
     args = ap.parse_args(argv)
@@ -585,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {facts['python']}, apache-beam {facts['apache-beam']}, orjson {facts['orjson']}, "
         f"pyarrow {facts['pyarrow']}; load average {os.getloadavg()[0]:.2f}"
     )
-    sizes = [int(x) for x in args.sizes.split(",")] if args.scaling else [args.events]
+    sizes = [event_count(x) for x in args.sizes.split(",")] if args.scaling else [args.events]
     results = [bench(args, n, names_, label) for n in sizes]
 
     if args.scaling:
