@@ -1,7 +1,9 @@
 """Parquet (SPEC section 4): one Arrow schema per series, the union of its records, widened where types differ.
 
-`series_schema` reads the whole series once; `to_table` turns any run of it into a table of that schema, so
-every chunk of the series has the same schema.
+An events series is read once, whole and in order, by Arrow's JSON reader (`series_table`: types and table in
+one pass), or with the whole series' types when it is written in shards. Where Arrow would read a line
+otherwise than the contract says, `series_schema` and `to_table` do it in Python, so every chunk of the series
+has the same schema.
 
 Widening of a property whose JSON type differs between records: integer and double give double when every
 integer seen fits in 53 bits (|v| <= 2**53, exact in a double), otherwise string; objects merge field by
@@ -21,7 +23,6 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.ipc  # noqa: F401  (pa.ipc)
 
 from transforms.formats.base import EVENTS, Item, SeriesContext
 from transforms.formats.values import EVENT_OBJECTS, PROFILE_FIELDS, PROFILE_OBJECT, json_text
