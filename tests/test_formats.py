@@ -1050,3 +1050,31 @@ def test_text_formats_random_strings_read_back(seed):
         for group in ("profile", "eventProps"):
             for key, value in record[group].items():
                 assert cells[f"{group}.{key}"] == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain ascii, no markup",
+        "a & b",
+        "1 < 2",
+        "2 > 1",
+        "tab\tand\nnewline",  # JSON escapes them: a backslash in the line
+        'quote " inside',
+        "fullwidth Ａ and ￼ and ｡",  # U+FF21, U+FFFC, U+FF61: UTF-8 starting EF but not forbidden
+        "noncharacter \ufffe here",
+        "noncharacter \uffff here",
+        "\ufffe",
+        "private use \uf8ff and \ufffd replacement",
+        "",
+    ],
+)
+def test_xml_escape_filter_agrees_with_searching_for_each_sequence(text):
+    from transforms.formats.xml import _may_need_escapes
+
+    line = orjson.dumps({"ts": 1, "eventProps": {"k": text}})
+    expected = any(s in line for s in (b"\\", b"&", b"<", b">", b"\xef\xbf\xbe", b"\xef\xbf\xbf"))
+    assert _may_need_escapes(line) == expected
+    assert _may_need_escapes(text.encode()) == any(
+        s in text.encode() for s in (b"\\", b"&", b"<", b">", b"\xef\xbf\xbe", b"\xef\xbf\xbf")
+    )

@@ -165,20 +165,23 @@ def _entries(out: list[str], obj: dict[str, Any], text: _Text, key_text: _Text) 
         out += ("<entry><key>", key_text(key), "</key><value>", text(value), "</value></entry>")
 
 
+# Every byte but those that can begin what needs escaping: translate() deletes them all in one pass.
+_NOT_ESCAPE_BYTES = bytes(c for c in range(256) if c not in b"\\&<>\xef")
+
+
 def _may_need_escapes(line: bytes) -> bool:
     """Whether a JSON text may decode to a character that needs escaping or replacing.
 
     Those are &, <, >, CR, LF and control characters (which valid JSON holds only as backslash escapes), and
-    U+FFFE and U+FFFF. Bytes searches are much faster than a regular expression over the line.
+    U+FFFE and U+FFFF (UTF-8 EF BF BE and EF BF BF). One translate() pass keeps only the bytes that may
+    start one (~1.3 µs for a 600-byte line, against ~3.5 µs for six searches); most lines keep none.
     """
-    return (
-        b"\\" in line
-        or b"&" in line
-        or b"<" in line
-        or b">" in line
-        or b"\xef\xbf\xbe" in line
-        or b"\xef\xbf\xbf" in line
-    )
+    found = line.translate(None, _NOT_ESCAPE_BYTES)
+    if not found:
+        return False
+    if found.strip(b"\xef"):  # a backslash, &, < or >
+        return True
+    return b"\xef\xbf\xbe" in line or b"\xef\xbf\xbf" in line
 
 
 def _character_data(text: str) -> tuple[str, int]:
