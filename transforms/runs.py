@@ -21,6 +21,7 @@ import gc
 import heapq
 import os
 import struct
+import sys
 from array import array
 from collections.abc import Iterator
 from itertools import accumulate, chain, islice, repeat
@@ -132,8 +133,6 @@ _malloc_trim = _libc_trim()
 def release_memory() -> None:
     """Give freed memory back to the system after a task or a series: glibc's malloc and Arrow's pool keep
     freed pages for reuse, so a worker would hold the peak of every task it ran on top of the next one's."""
-    import sys
-
     pa = sys.modules.get("pyarrow")
     if pa is not None:
         pa.default_memory_pool().release_unused()
@@ -337,7 +336,7 @@ def sorted_lines(refs: list[RunRef], line_end: bytes, span: Span = ALL) -> Sorte
 
 
 def sorted_blob(refs: list[RunRef], span: Span = ALL) -> tuple[object, object, object]:
-    """An events series' records with ts in `span` as one Arrow buffer of their data lines in series order,
+    """An events series' records with ts in `span` as one view of their data lines in series order,
     each followed by a newline; with their epoch seconds and positions in that order. The lines get their
     ends in the order read and are then taken in order, the first copy let go before the second is made."""
     import pyarrow as pa
@@ -346,14 +345,17 @@ def sorted_blob(refs: list[RunRef], span: Span = ALL) -> tuple[object, object, o
     lines = sorted_lines(refs, b"\n", span)
     order, ts, positions = lines.order, lines.ts.take(lines.order), lines.positions
     if not len(order):
-        return pa.py_buffer(b""), ts, positions
+        return memoryview(b""), ts, positions
     empty, end = pa.scalar(b"", pa.large_binary()), pa.scalar(b"\n", pa.large_binary())
     ended = pc.binary_join_element_wise(lines.lines, empty, end)
     del lines
-    ended = ended.take(order)
-    offsets = memoryview(ended.buffers()[1]).cast("q")
-    start, stop = offsets[ended.offset], offsets[ended.offset + len(ended)]
-    return ended.buffers()[2].slice(start, stop - start), ts, positions
+    return values_bytes(ended.take(order)), ts, positions
+
+
+def values_bytes(lines) -> memoryview:
+    """The bytes of a large_binary array's values, end to end (a view: no copy)."""
+    offsets = memoryview(lines.buffers()[1]).cast("q")
+    return memoryview(lines.buffers()[2])[offsets[lines.offset] : offsets[lines.offset + len(lines)]]
 
 
 def shard_spans(refs: list[RunRef], shard_bytes: int) -> list[tuple[Span, int]]:

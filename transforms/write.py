@@ -304,17 +304,11 @@ def roll_encoded(
         with open(path, "wb") as f:
             f.write(header)
             for k in range(i, j, piece):
-                f.write(_data(series.in_order(k, min(k + piece, j))))
+                f.write(runs.values_bytes(series.in_order(k, min(k + piece, j))))
             f.write(footer)
         yield Chunk(path, len(header) + offsets[j] - start + len(footer), i, j - i, 0)
         n_files += 1
         i = j
-
-
-def _data(lines) -> memoryview:
-    """The bytes of a large_binary array's values, end to end."""
-    offsets = memoryview(lines.buffers()[1]).cast("q")
-    return memoryview(lines.buffers()[2])[offsets[lines.offset] : offsets[lines.offset + len(lines)]]
 
 
 class ArrowRows(NamedTuple):

@@ -143,7 +143,7 @@ def lines_types(ctx: SeriesContext, lines: list[bytes]) -> dict[str, Any]:
 
 
 def blob_types(ctx: SeriesContext, blob) -> dict[str, Any]:
-    """`lines_types` of events data lines given as one blob (bytes or an Arrow buffer), each line followed by
+    """`lines_types` of events data lines given as one blob (bytes or a view of them), each line followed by
     a newline or the last one not."""
     read = _read_in_arrow(blob)
     if read is not None:
@@ -248,7 +248,7 @@ _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError
 
 
 def _arrow_can_read(blob) -> bool:
-    """Whether Arrow reads these data lines (bytes or an Arrow buffer) as the writer would. Looked at a few
+    """Whether Arrow reads these data lines (bytes or a view of them) as the writer would. Looked at a few
     MB at a time, the pieces overlapping by 16 bytes, so a big buffer is never copied whole."""
     view = memoryview(blob)
     step = 1 << 22
@@ -298,7 +298,7 @@ def series_table(
     ctx: SeriesContext, blob, ts: pa.Array, types: dict[str, Any] | None = None
 ) -> pa.Table | None:
     """The events table of a series, or of a shard of it, in one pass of Arrow's JSON reader over its data
-    lines: `blob` (bytes or an Arrow buffer) holds them in series order, each followed by a newline, `ts`
+    lines: `blob` (bytes or a view of them) holds them in series order, each followed by a newline, `ts`
     their epoch seconds. `types`: the whole series' (a shard's schema is its series'); None: these lines'
     own, inferred in the same pass. None when only Python reads the lines right (an empty object, a long
     integer, a property widened to text): then `to_table` does."""
