@@ -582,6 +582,34 @@ def test_xml_element_names():
     )
 
 
+def test_xml_plain_events_give_what_the_general_path_gives():
+    # Events whose text needs no escaping take a fast path that caches each key's markup; the general path
+    # escapes value by value. A line holding "&" forces the general path; the same shape twice hits the cache.
+    records = [
+        {"profile": {"name": "A", "n": 1}, "ts": 20240101000000, "eventProps": {"p%s": 1.5, "q": None}},
+        {"profile": {"name": "B", "n": 2}, "ts": 20240101000001, "eventProps": {"p%s": [1, "x"], "q": True}},
+        {"profile": {"n": 3, "name": "C"}, "ts": 20240101000002, "eventProps": {"p%s": {"a": 1}, "q": "%d"}},
+        {"ts": 20240101000003, "deviceInfo": {"os": "iOS", "9x": 9}, "eventProps": {}},
+        {"ts": 20240101000004, "deviceInfo": {"os": "Android", "9x": -0.0}},
+        {"profile": {}, "ts": 20240101000005},
+        {"profile": {"name": "A", "n": 1}, "ts": 20240101000006, "eventProps": {"p%s": 100, "q": "%%"}},
+    ]
+    for name in ("Charged", "50% Off %s"):
+        plain = XmlEncoder(SeriesContext(EVENTS, name), ())
+        general = XmlEncoder(SeriesContext(EVENTS, name), ())
+        for r in records:
+            line = orjson.dumps(r)
+            data = orjson.loads(line)
+            assert plain.encode_data(data, line) == general.encode_data(data, line + b"&")
+        assert plain.replaced_chars == general.replaced_chars == 0
+    encoded = plain.encode_data(records[1], orjson.dumps(records[1]))
+    assert encoded == (
+        b"<Event><ts>20240101000001</ts><eventName>50% Off %s</eventName><profile><name>B</name><n>2</n>"
+        b'</profile><eventProps><entry><key>p%s</key><value>[1,"x"]</value></entry><entry><key>q</key>'
+        b"<value>true</value></entry></eventProps></Event>\n"
+    )
+
+
 def test_xml_chunks_are_complete_files():
     enc = XmlEncoder(EVENT_CTX, EVENT_ITEMS)
     first, second = _file(enc, EVENT_ITEMS[:2]), _file(enc, EVENT_ITEMS[2:])

@@ -63,7 +63,9 @@ class XmlEncoder:
         return self.encode_data(orjson.loads(item.line), item.line)
 
     def encode_data(self, data: dict, line: bytes) -> bytes:
-        """The element of a record already decoded: `data` is `line` (its JSON data line) as a dict."""
+        """The element of a record already decoded: `data` is its data line as a dict, and `line` that line's
+        JSON text, or any JSON text that holds all of its strings, such as the input record it came from (only
+        the check for text to escape reads it)."""
         if not _may_need_escapes(line):
             if self._events:
                 return self._plain_event(data)
