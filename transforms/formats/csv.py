@@ -10,7 +10,6 @@ an empty cell. With the formula guard, a text cell starting with `=`, `+`, `-`, 
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +33,12 @@ def add_keys(found: Iterable[tuple[str, set]], data: dict) -> None:
             keys.update(obj)
 
 
+class _Rows(list):
+    """A file-like list: csv.writer writes each row to it with one write() call."""
+
+    write = list.append
+
+
 class CsvEncoder:
     """Encodes one series as CSV rows; the constructor reads the whole series once for the header keys, unless
     they are given."""
@@ -54,8 +59,8 @@ class CsvEncoder:
                 add_keys(keys.items(), orjson.loads(item.line))
         # (object name, its keys in code-point order), in column order.
         self._objects = [(name, sorted(keys[name])) for name in objects]
-        self._buf = io.StringIO()
-        self._writer = csv.writer(self._buf, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+        self._rows = _Rows()
+        self._writer = csv.writer(self._rows, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
         columns = ["eventName", "ts"] if self._events else list(PROFILE_FIELDS)
         for name, names in self._objects:
             columns.extend(f"{name}.{key}" for key in names)
@@ -94,8 +99,5 @@ class CsvEncoder:
         return _guarded(value) if value.__class__ is str else value_text(value)
 
     def _row(self, cells: list[str]) -> bytes:
-        buf = self._buf
-        buf.seek(0)
-        buf.truncate()
         self._writer.writerow(cells)
-        return buf.getvalue().encode()
+        return self._rows.pop().encode()
