@@ -65,7 +65,7 @@ def build_pipeline(
     written = (
         parsed.series
         | "GroupBySeries" >> beam.GroupByKey()
-        | "WriteSeries" >> WriteSeries(request, tasks, file_order, shard_bytes)
+        | "WriteSeries" >> WriteSeries(request, tasks, file_order, shard_bytes, worker_count(p.options))
     )
     dead = (parsed.dead_letters, written.dead_letters) | "AllDeadLetters" >> beam.Flatten()
     stats = (parsed.stats, written.stats) | "AllStats" >> beam.Flatten()
@@ -94,23 +94,27 @@ def _local(options: PipelineOptions) -> bool:
 
 
 def local_workers(argv: list[str]) -> int:
-    """How many worker processes a multi-process local run with these flags starts; 0 for any other run."""
-    from apache_beam.options.pipeline_options import DirectOptions
-
+    """`worker_count` of these flags; 0 when they do not parse."""
     if "-h" in argv or "--help" in argv:
         return 0
     handlers = logging.root.handlers[:]
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # bad flags: `run` says what is wrong, once
-            options = PipelineOptions(argv)
-            if not _local(options):
-                return 0
-            direct = options.view_as(DirectOptions)
+            return worker_count(PipelineOptions(argv))
     except (Exception, SystemExit):
         return 0
     finally:
         # Beam may log while parsing, which gives the root logger a handler on the discarded stream.
         logging.root.handlers[:] = handlers
+
+
+def worker_count(options: PipelineOptions) -> int:
+    """How many worker processes a multi-process local run with these options starts; 0 for any other run."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    if not _local(options):
+        return 0
+    direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "multi_processing":
         return 0
     # As the FnApiRunner counts them: 0 means one per core.

@@ -15,7 +15,7 @@ from transforms import runs
 from transforms.formats.base import EVENTS, SeriesContext
 from transforms.formats.json import JsonEncoder
 from transforms.formats.xml import PreEncodedXml
-from transforms.write import _roll_plain, roll_encoded
+from transforms.write import Shard, _roll_plain, balanced_shares, roll_encoded
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("CTEXPORT_HYPOTHESIS_EXAMPLES", "60")),
@@ -208,3 +208,33 @@ def test_shard_spans_cut_a_series_into_ordered_spans_that_read_back_whole(
         for r in everything:
             per_ts[r[0]] = per_ts.get(r[0], 0) + len(r[1])
         assert all(nbytes <= shard + max(per_ts.values()) for _, nbytes in spans)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=10**8), max_size=60),
+    n=st.integers(min_value=1, max_value=5),
+)
+def test_balanced_shares_hold_every_shard_once_and_about_equal_data(sizes, n):
+    shards = [
+        Shard(key=(f"e{i % 7}", "20261124"), refs=[], index=i, count=len(sizes), span=runs.ALL, nbytes=b)
+        for i, b in enumerate(sizes)
+    ]
+    shares = balanced_shares(reversed(shards), n)
+    assert len(shares) == n
+    assert sorted(s.index for share in shares for s in share) == list(range(len(sizes)))
+    totals = [sum(s.nbytes for s in share) for share in shares]
+    # Longest-first greedy: the fullest share exceeds the emptiest by at most one shard.
+    assert max(totals) - min(totals) <= max(sizes, default=0)
+    for share in shares:
+        assert [s.nbytes for s in share] == sorted((s.nbytes for s in share), reverse=True)
+    assert balanced_shares(shards, n) == shares  # the order the shards come in does not matter
+
+
+def test_balanced_shares_of_zipf_sized_series_differ_by_less_than_the_smallest():
+    # Handing such shards out alternately, largest first, leaves the first share ~27x the smallest ahead.
+    sizes = [int(1e8 / (k + 1)) for k in range(40)]
+    shards = [Shard(("e", str(k)), [], 0, 1, runs.ALL, b) for k, b in enumerate(sizes)]
+    shares = balanced_shares(shards, 2)
+    totals = sorted(sum(s.nbytes for s in share) for share in shares)
+    assert totals[1] - totals[0] <= sizes[-1]
