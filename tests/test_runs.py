@@ -82,6 +82,36 @@ def test_runs_read_back_and_merge_in_series_order(tmp_path_factory, tasks_spec):
             assert xml_lines.in_order(1).to_pylist() == [r[1] for r in everything[1:]]
 
 
+@SETTINGS
+@given(
+    st.lists(st.tuples(st.sampled_from(["A", "B", "C"]), st.integers(0, 4), LINES), max_size=80),
+    st.integers(0, 3),
+    st.sampled_from([3, runs.FRAME_RECORDS]),
+)
+def test_columns_write_what_sorted_records_write(tmp_path_factory, found, task, frame_records):
+    """A task's events gathered in columns and sorted in Arrow make the same run file, byte for byte, as the
+    same records sorted as tuples and added one series at a time; with frames cut at the same records."""
+    tmp = tmp_path_factory.mktemp("columns")
+    columns = runs.EventColumns()
+    series: dict[tuple, list] = {}
+    for i, (name, ts, line) in enumerate(found):
+        index = 3 * i + 1  # an index in the task: records between found ones were blank, bad or out of scope
+        columns.add((name, "20261125"), ts, line, index)
+        series.setdefault((name, "20261125"), []).append((ts, line, task << 32 | index, None, None))
+    with mock.patch.object(runs, "FRAME_RECORDS", frame_records):
+        with runs.RunFile(str(tmp / "tuples.run")) as f:
+            expected = []
+            for key in sorted(series):
+                recs = sorted(series[key])
+                offset, length, nbytes = f.add(recs, False)
+                expected.append((key, len(recs), offset, length, nbytes))
+        with runs.RunFile(str(tmp / "columns.run")) as g:
+            got = list(g.add_columns(columns, task << 32))
+    assert got == expected
+    with open(f.path, "rb") as a, open(g.path, "rb") as b:
+        assert a.read() == b.read()
+
+
 def test_a_truncated_run_file_is_an_error_not_fewer_records(tmp_path):
     recs = [(i, b"x" * 10, i, None, None) for i in range(100)]
     with runs.RunFile(str(tmp_path / "t.run")) as f:

@@ -97,6 +97,63 @@ class RunFile:
             nbytes += n
         return offset, self._size - offset, nbytes
 
+    def add_columns(
+        self, columns: EventColumns, base: int
+    ) -> Iterator[tuple[tuple[str, str], int, int, int, int]]:
+        """Sort an events task's records (`EventColumns`) by series, then (ts, line, position), in Arrow, and
+        append each series as `add` would. `base`: the task's part of a record's position (task << 32).
+
+        Yields (series key, records, offset, length, data bytes) per series, in key order."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = len(columns.ts)
+        if not n:
+            return
+        tagged = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(columns.tagged)])
+        number = pc.shift_right(tagged, 32)
+        table = pa.table(
+            {
+                "series": number,
+                "ts": pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(columns.ts)]),
+                "line": pa.Array.from_buffers(
+                    pa.large_binary(), n, [None, pa.py_buffer(columns.ends), pa.py_buffer(columns.blob)]
+                ),
+                "tagged": tagged,  # within a series, the record's index in its task: the last tie-break
+            }
+        )
+        order = pc.sort_indices(
+            table,
+            sort_keys=[
+                ("series", "ascending"),
+                ("ts", "ascending"),
+                ("line", "ascending"),
+                ("tagged", "ascending"),
+            ],
+        )
+        ts = _int64_view(table["ts"].chunk(0).take(order))
+        pos = _int64_view(pc.bit_wise_or(pc.bit_wise_and(tagged, 0xFFFFFFFF), base).take(order))
+        lines = table["line"].chunk(0).take(order)
+        del table
+        ends = memoryview(lines.buffers()[1]).cast("q")
+        blob = memoryview(lines.buffers()[2])
+        lengths = pc.binary_length(lines).cast(pa.uint32())
+        lengths = memoryview(lengths.buffers()[1]).cast("I")[lengths.offset : lengths.offset + n]
+        counts = np.bincount(number.to_numpy(), minlength=len(columns.series)).tolist()
+        starts = [0, *accumulate(counts)]
+        write = self._f.write
+        for key in sorted(columns.series):
+            k = columns.series[key] >> 32
+            a, b = starts[k], starts[k + 1]
+            offset = self._size
+            for s in range(a, b, FRAME_RECORDS):
+                e = min(b, s + FRAME_RECORDS)
+                for part in (_HEAD.pack(e - s, 0), ts[s:e], pos[s:e], lengths[s:e], blob[ends[s] : ends[e]]):
+                    write(part)
+                self._size += _HEAD.size + 20 * (e - s) + ends[e] - ends[s]
+            yield key, b - a, offset, self._size - offset, ends[b] - ends[a]
+
     def close(self) -> None:
         self._f.close()
 
@@ -105,6 +162,41 @@ class RunFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class EventColumns:
+    """The events records of one read task as they are found: the series each belongs to, its ts, its data
+    line and its index in the task, in columns. Adding a record copies its line into one buffer and makes no
+    Python object that outlives it; `RunFile.add_columns` sorts and writes them all in Arrow, with no Python
+    object per record."""
+
+    __slots__ = ("series", "blob", "ends", "ts", "tagged")
+
+    def __init__(self):
+        self.series: dict[tuple[str, str], int] = {}  # series key -> its number << 32 (see `tag`)
+        self.blob = bytearray()  # the data lines, end to end
+        self.ends = array("q", [0])  # where each line ends in `blob`, after a 0: Arrow's offsets
+        self.ts = array("q")
+        self.tagged = array("q")  # per record: its series' tag | its index in the task (< 2**32)
+
+    def tag(self, key: tuple[str, str]) -> int:
+        """The series' number << 32, numbering a new series."""
+        tag = self.series.get(key)
+        if tag is None:
+            tag = self.series[key] = len(self.series) << 32
+        return tag
+
+    def add(self, key: tuple[str, str], ts: int, line: bytes, index: int) -> None:
+        """The parse stage's fast loop does this inline."""
+        self.blob += line
+        self.ends.append(len(self.blob))
+        self.ts.append(ts)
+        self.tagged.append(self.tag(key) | index)
+
+
+def _int64_view(values) -> memoryview:
+    """The values of an int64 Arrow array with no nulls, as a memoryview of int64 (no copy)."""
+    return memoryview(values.buffers()[1]).cast("q")[values.offset : values.offset + len(values)]
 
 
 @contextlib.contextmanager

@@ -80,8 +80,11 @@ def record_text(raw: bytes | str, limit: int = RECORD_TEXT_LIMIT) -> tuple[str, 
 class _Accumulator:
     """What one read task found: records per series, dead letters, counts."""
 
-    def __init__(self, task_index: int, csv_keys: bool):
+    def __init__(self, task_index: int, profiles: bool, csv_keys: bool):
         self.base = task_index << 32  # a record's position: task index << 32 | its index in the task
+        # Events: every series' records in columns (`runs.EventColumns`). Profiles: the records per series,
+        # as tuples of a Record's fields (they carry `created` and the object id too).
+        self.events = None if profiles else runs.EventColumns()
         self.series: dict[tuple[str, str], list[tuple]] = {}
         self.dead: list[DeadLetter] = []
         self.stats = dict.fromkeys(STAT_KEYS, 0)
@@ -90,10 +93,15 @@ class _Accumulator:
         self.csv_keys: dict[tuple[str, str], tuple[set, set, set]] | None = {} if csv_keys else None
 
     def add(self, good: Good, pos: int) -> None:
-        recs = self.series.get(good.key)
-        if recs is None:
-            recs = self.series[good.key] = []
-        recs.append((good.ts, good.line, self.base | pos, good.created, good.object_id))  # a Record's fields
+        if self.events is not None:
+            self.events.add(good.key, good.ts, good.line, pos)
+        else:
+            recs = self.series.get(good.key)
+            if recs is None:
+                recs = self.series[good.key] = []
+            recs.append(
+                (good.ts, good.line, self.base | pos, good.created, good.object_id)
+            )  # a Record's fields
         if self.csv_keys is not None:
             keys = self.csv_keys.get(good.key)
             if keys is None:
@@ -155,7 +163,8 @@ class _ParseTask(beam.DoFn):
         task = self._tasks[task_index]
         with runs.paused_gc():
             r = self._request
-            acc = _Accumulator(task_index, r.format == "csv" and r.export_type == "events")
+            profiles = r.export_type == "profiles"
+            acc = _Accumulator(task_index, profiles, r.format == "csv" and not profiles)
             records = _TaskRecords(task, self._file_order[task.url])
             if task.fmt == "jsonl" and self._request.export_type == "events":
                 self._events_jsonl(records, acc)
@@ -182,9 +191,8 @@ class _ParseTask(beam.DoFn):
 
     def _write_runs(self, task_index: int, acc: _Accumulator) -> list[tuple]:
         """Sort each series found and write it to the task's run file. Returns (series key, RunRef) pairs."""
-        if not acc.series:
+        if not (acc.series or acc.events and acc.events.series):
             return []
-        profiles = self._request.export_type == "profiles"
         out = []
         name = f"{task_index:06d}.run"
         path = runs.local_path(self._spill, name)
@@ -192,12 +200,17 @@ class _ParseTask(beam.DoFn):
             local = path or os.path.join(tmp, name)  # a gs:// spill location: write locally, then upload
             url = path or f"{self._spill.rstrip('/')}/{name}"
             with runs.RunFile(local) as f:
+                if acc.events is not None:
+                    # Sorted by (ts, line, position), in Arrow: series order, and a fixed order for identical
+                    # records.
+                    for key, count, offset, length, nbytes in f.add_columns(acc.events, acc.base):
+                        meta = self._meta(key, acc)
+                        out.append((key, RunRef(url, task_index, count, nbytes, offset, length, meta)))
                 for key in sorted(acc.series):
                     recs = acc.series[key]
                     recs.sort()  # by (ts, line, position): series order, and a fixed order for identical records
-                    offset, length, nbytes = f.add(recs, profiles)
-                    meta = self._meta(key, acc)
-                    out.append((key, RunRef(url, task_index, len(recs), nbytes, offset, length, meta)))
+                    offset, length, nbytes = f.add(recs, True)
+                    out.append((key, RunRef(url, task_index, len(recs), nbytes, offset, length, None)))
             if path is None:
                 storage.open_storage(self._spill).write_file(name, local)
         return out
@@ -271,11 +284,15 @@ class _ParseTask(beam.DoFn):
         xml = self._xml is not None
         minute = self._local.minute
         minutes = self._minutes
-        series = acc.series
+        columns = acc.events
+        tags = columns.series
+        blob = columns.blob
+        add_end = columns.ends.append
+        add_ts = columns.ts.append
+        add_tagged = columns.tagged.append
         csv_keys = acc.csv_keys
         stats = acc.stats
         read = selected_n = out_of_scope = 0
-        base = acc.base
         data = records.read()
         may_overflow = long_digit_runs(data) != []
         if len(minutes) > 1_000_000:
@@ -333,9 +350,9 @@ class _ParseTask(beam.DoFn):
                         if props is not None:
                             out["eventProps"] = props
                     key = (name, date)
-                    recs = series.get(key)
-                    if recs is None:
-                        recs = series[key] = []
+                    tag = tags.get(key)
+                    if tag is None:
+                        tag = columns.tag(key)
                     if csv_keys is not None:
                         keys = csv_keys.get(key)
                         if keys is None:
@@ -346,15 +363,17 @@ class _ParseTask(beam.DoFn):
                             keys[1].update(device)
                         if props:
                             keys[2].update(props)
-                    # A Record's fields as a plain tuple. The line is copied: bytes from orjson.dumps keep their
-                    # shrunk output buffer's allocation, and holding 100k of them fragments the heap (RSS 510 MB
-                    # against 310 MB per 250k events, measured); a 600-byte copy costs less than that. XML stores
-                    # the element instead, and needs no data line: the input line holds every string of it.
+                    # The record into the task's columns (`runs.EventColumns.add`): its line is copied into one
+                    # buffer. (Holding the bytes orjson.dumps returns would fragment the heap: each keeps its
+                    # shrunk output buffer's allocation.) XML stores the element instead, and needs no data
+                    # line: the input line holds every string of it.
                     if xml:
-                        line = self._xml_encoder(name).encode_data(out, line)
+                        blob += self._xml_encoder(name).encode_data(out, line)
                     else:
-                        line = bytes(memoryview(dumps(out)))
-                    recs.append((ts, line, base | i, None, None))
+                        blob += dumps(out)
+                    add_end(len(blob))
+                    add_ts(ts)
+                    add_tagged(tag | i)
                     selected_n += 1
                     continue
             records.long_digits = may_overflow
