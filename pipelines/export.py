@@ -40,11 +40,13 @@ def build_pipeline(
     spill: str | None = None,
     range_bytes: int = RANGE_BYTES,
     shard_bytes: int = SHARD_BYTES,
+    workers: int | None = None,
 ):
     """Add the export to `p`; returns the PCollection holding the run's manifest (one dict).
 
     spill: where the sorted runs go (default: a fresh folder under the temp location, see `spill_location`).
     shard_bytes: an events series with more data than this is written in shards (JSON and XML).
+    workers: `worker_count` of the options as given (default: of `p.options`; `make_runner` changes them).
     """
     if spill is None:
         spill = spill_location(p.options, request)[1]
@@ -65,7 +67,14 @@ def build_pipeline(
     written = (
         parsed.series
         | "GroupBySeries" >> beam.GroupByKey()
-        | "WriteSeries" >> WriteSeries(request, tasks, file_order, shard_bytes, worker_count(p.options))
+        | "WriteSeries"
+        >> WriteSeries(
+            request,
+            tasks,
+            file_order,
+            shard_bytes,
+            workers=worker_count(p.options) if workers is None else workers,
+        )
     )
     dead = (parsed.dead_letters, written.dead_letters) | "AllDeadLetters" >> beam.Flatten()
     stats = (parsed.stats, written.stats) | "AllStats" >> beam.Flatten()
@@ -260,9 +269,10 @@ def _run(argv: list[str], now: float | None, worker_command: str | None) -> int:
     if direct:  # on Dataflow the temp bucket's lifecycle rules are the place for that
         delete_stale_runs(temp_root, naming.run_prefix(request.request_id, request.run_ts))
     try:
+        workers = worker_count(options)  # before make_runner takes the multi-process mode out of them
         p = beam.Pipeline(runner=make_runner(options, worker_command), options=options)
         shard_bytes = int(os.environ.get(SHARD_BYTES_ENV, SHARD_BYTES))
-        build_pipeline(p, request, files, spill, shard_bytes=shard_bytes)
+        build_pipeline(p, request, files, spill, shard_bytes=shard_bytes, workers=workers)
         result = p.run()
         result.wait_until_finish()
         state = getattr(result, "state", None)

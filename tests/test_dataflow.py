@@ -21,6 +21,7 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from ctexport import generate
+from pipelines import export
 from pipelines.export import build_pipeline, make_runner, run
 from pipelines.options import Request, validate
 from transforms import naming, storage
@@ -208,11 +209,15 @@ def test_multi_process_direct_runner_writes_the_same_objects(
     ]  # fmt: skip
     # The manifest records the output location: give both runs the same folder name, in two parents.
     one, two = tmp_path / "one" / "exports", tmp_path / "two" / "exports"
+    workers = []  # what each pipeline's writers were told
+    real = export.WriteSeries
+    monkeypatch.setattr(export, "WriteSeries", lambda *a, **k: workers.append(k["workers"]) or real(*a, **k))
     assert run(common + ["--output", str(one)]) == 0
     multi = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
     assert run(common + ["--output", str(two)] + multi) == 0
     err = capsys.readouterr().err
     assert (" shards" in err) == bool(shard_bytes)
+    assert workers == [0, 2], "two workers get the shards in balanced shares (_SpreadShards)"
     assert_same_objects(one, two)
 
 
@@ -236,6 +241,7 @@ def test_the_command_line_forks_its_workers_and_writes_the_same_objects(data, tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"local workers: .* -m pipelines\.worker --standby \S+", done.stderr)
     assert " shards" in done.stderr
+    assert "SpreadShards/OneSharePerWorker" in done.stderr  # the runner ran the balanced shares' stage
     assert_same_objects(one, two)
 
 

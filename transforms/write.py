@@ -578,10 +578,16 @@ class _SpreadShards(beam.PTransform):
             shards
             | "All" >> beam.Map(lambda shard: (None, shard))
             | "Collect" >> beam.GroupByKey()
-            | "Share" >> beam.FlatMap(lambda kv: enumerate(balanced_shares(kv[1], n)))
+            | "Share" >> beam.FlatMap(_shares, n)
             | "OneSharePerWorker" >> beam.GroupByKey()
             | "Shards" >> beam.FlatMap(lambda kv: [s for share in kv[1] for s in share])
         )
+
+
+def _shares(element: tuple[None, Iterable[Shard]], n: int) -> Iterator[tuple[int, list[Shard]]]:
+    shares = balanced_shares(element[1], n)
+    log.info("writers' shares: %s bytes", " / ".join(f"{sum(s.nbytes for s in share):,}" for share in shares))
+    return enumerate(shares)
 
 
 class _WriteSeries(beam.DoFn):
