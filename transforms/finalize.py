@@ -78,7 +78,7 @@ def finalize_run(
     orphans = [
         o.name
         for prefix in (naming.run_prefix(req, run), naming.errors_prefix(req, run))
-        for o in store.list(prefix)
+        for o in store.list(prefix, checksums=False)
         if o.name not in keep and "/" not in o.name[len(prefix) :]
     ]
     for name in orphans:

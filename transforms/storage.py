@@ -140,7 +140,7 @@ def split_gcs_url(url: str) -> tuple[str, str]:
 class ObjectInfo:
     name: str  # relative to the storage root
     size: int
-    crc32c: str  # base64, big-endian, as GCS reports it
+    crc32c: str  # base64, big-endian, as GCS reports it; "" from a local list(checksums=False)
 
 
 class Storage(ABC):
@@ -180,8 +180,10 @@ class Storage(ABC):
     def exists(self, name: str) -> bool: ...
 
     @abstractmethod
-    def list(self, prefix: str) -> list[ObjectInfo]:
-        """Objects whose relative name starts with `prefix`, recursively, sorted by name."""
+    def list(self, prefix: str, checksums: bool = True) -> list[ObjectInfo]:
+        """Objects whose relative name starts with `prefix`, recursively, sorted by name. `checksums`
+        False: a caller that needs only names and sizes (a local folder then reads no file; GCS lists its
+        CRC32C with the name either way)."""
 
     @abstractmethod
     def delete(self, name: str) -> None:
@@ -264,7 +266,7 @@ class GcsStorage(Storage):
     def exists(self, name: str) -> bool:
         return self._blob(name).exists(**_calls())
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list(self, prefix: str, checksums: bool = True) -> list[ObjectInfo]:
         blobs = gcs_client().list_blobs(self.bucket_name, prefix=self._root + prefix, **_calls())
         cut = len(self._root)
         infos = [ObjectInfo(b.name[cut:], int(b.size or 0), b.crc32c or "") for b in blobs]
@@ -422,7 +424,7 @@ class LocalStorage(Storage):
     def exists(self, name: str) -> bool:
         return os.path.isfile(self._path(name))
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list(self, prefix: str, checksums: bool = True) -> list[ObjectInfo]:
         # Walk only the deepest folder the prefix fixes.
         sub = prefix.rpartition("/")[0]
         start = os.path.join(self.url, *sub.split("/")) if sub else self.url
@@ -436,7 +438,8 @@ class LocalStorage(Storage):
                 rel = file if rel_folder == "." else f"{rel_folder}/{file}"
                 if rel.startswith(prefix):
                     path = os.path.join(folder, file)
-                    infos.append(ObjectInfo(rel, os.path.getsize(path), crc32c_b64(path)))
+                    crc = crc32c_b64(path) if checksums else ""
+                    infos.append(ObjectInfo(rel, os.path.getsize(path), crc))
         return sorted(infos, key=lambda i: i.name)
 
     def delete(self, name: str) -> None:
