@@ -99,9 +99,8 @@ class _Accumulator:
             recs = self.series.get(good.key)
             if recs is None:
                 recs = self.series[good.key] = []
-            recs.append(
-                (good.ts, good.line, self.base | pos, good.created, good.object_id)
-            )  # a Record's fields
+            # A Record's fields.
+            recs.append((good.ts, good.line, self.base | pos, good.created, good.object_id))
         if self.csv_keys is not None:
             keys = self.csv_keys.get(good.key)
             if keys is None:
@@ -206,7 +205,7 @@ class _ParseTask(beam.DoFn):
                     for key, count, offset, length, nbytes in f.add_columns(acc.events, acc.base):
                         meta = self._meta(key, acc)
                         out.append((key, RunRef(url, task_index, count, nbytes, offset, length, meta)))
-                for key in sorted(acc.series):
+                for key in sorted(acc.series):  # profiles
                     recs = acc.series[key]
                     recs.sort()  # by (ts, line, position): series order, and a fixed order for identical records
                     offset, length, nbytes = f.add(recs, True)
