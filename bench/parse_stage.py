@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
+from pipelines.export import event_name_budget  # noqa: E402
 from pipelines.options import InvalidRequest, validate  # noqa: E402
-from transforms import naming, storage  # noqa: E402
 from transforms.series import _ParseTask  # noqa: E402
 from transforms.sources import plan_reads  # noqa: E402
 
@@ -46,12 +46,7 @@ def main() -> None:
         request, files = validate(PipelineOptions(argv))
     except InvalidRequest as e:
         sys.exit(f"{'; '.join(e.problems)} (generate the data with bench/run.py first, or pass --data)")
-    budget = naming.event_name_budget(
-        request.request_id,
-        request.database_id,
-        request.ext,
-        storage.open_storage(request.output).name_budget(),
-    )
+    budget = event_name_budget(request)
     tasks = plan_reads(files, request.source_format)[: args.tasks]
     file_order = {f.url: i for i, f in enumerate(files)}
     times = []

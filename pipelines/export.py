@@ -52,12 +52,7 @@ def build_pipeline(
         spill = spill_location(p.options, request)[1]
     tasks = plan_reads(files, request.source_format, range_bytes)
     file_order = {f.url: i for i, f in enumerate(files)}
-    budget = naming.event_name_budget(
-        request.request_id,
-        request.database_id,
-        request.ext,
-        storage.open_storage(request.output).name_budget(),
-    )
+    budget = event_name_budget(request)
     parsed = (
         p
         | "ReadTasks" >> beam.Create(list(range(len(tasks))), reshuffle=False)  # SpreadTasks does it
@@ -80,6 +75,16 @@ def build_pipeline(
     stats = (parsed.stats, written.stats) | "AllStats" >> beam.Flatten()
     sources = [{"file": f.url, "bytes": f.size} for f in files]
     return (written.files, dead, stats) | "Finalize" >> Finalize(request, sources, spill)
+
+
+def event_name_budget(request: Request) -> int:
+    """The bytes an event name may take in this request's object names (`naming.event_name_budget`)."""
+    return naming.event_name_budget(
+        request.request_id,
+        request.database_id,
+        request.ext,
+        storage.open_storage(request.output).name_budget(),
+    )
 
 
 def spill_location(options: PipelineOptions, request: Request) -> tuple[str, str]:
