@@ -23,6 +23,7 @@ from pipelines import worker
 from pipelines.options import ExportOptions, InvalidRequest, Request, unknown_flags, validate
 from transforms import naming, storage
 from transforms.finalize import RUN_FAILED, Finalize
+from transforms.pool import pool_folder
 from transforms.runs import SPILL_DIR, delete_runs, delete_stale_runs
 from transforms.series import ExtractSeries
 from transforms.sources import RANGE_BYTES, plan_reads
@@ -50,6 +51,8 @@ def build_pipeline(
     """
     if spill is None:
         spill = spill_location(p.options, request)[1]
+    if workers is None:
+        workers = worker_count(p.options)
     tasks = plan_reads(files, request.source_format, range_bytes)
     file_order = {f.url: i for i, f in enumerate(files)}
     budget = event_name_budget(request)
@@ -57,7 +60,8 @@ def build_pipeline(
         p
         | "ReadTasks" >> beam.Create(list(range(len(tasks))), reshuffle=False)  # SpreadTasks does it
         | "SpreadTasks" >> beam.Reshuffle()
-        | "ExtractSeries" >> ExtractSeries(request, tasks, file_order, budget, spill)
+        | "ExtractSeries"
+        >> ExtractSeries(request, tasks, file_order, budget, spill, pool_folder(spill, "read", workers))
     )
     written = (
         parsed.series
@@ -68,7 +72,8 @@ def build_pipeline(
             tasks,
             file_order,
             shard_bytes,
-            workers=worker_count(p.options) if workers is None else workers,
+            workers=workers,
+            pool=pool_folder(spill, "write", workers),
         )
     )
     dead = (parsed.dead_letters, written.dead_letters) | "AllDeadLetters" >> beam.Flatten()

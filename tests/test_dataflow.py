@@ -217,7 +217,7 @@ def test_multi_process_direct_runner_writes_the_same_objects(
     assert run(common + ["--output", str(two)] + multi) == 0
     err = capsys.readouterr().err
     assert (" shards" in err) == bool(shard_bytes)
-    assert workers == [0, 2], "two workers get the shards in balanced shares (_SpreadShards)"
+    assert workers == [0, 2], "two workers share the shards (_SpreadShards)"
     assert_same_objects(one, two)
 
 
@@ -241,7 +241,8 @@ def test_the_command_line_forks_its_workers_and_writes_the_same_objects(data, tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"local workers: .* -m pipelines\.worker --standby \S+", done.stderr)
     assert " shards" in done.stderr
-    assert "SpreadShards/OneSharePerWorker" in done.stderr  # the runner ran the balanced shares' stage
+    assert "SpreadShards/OneSharePerWorker" in done.stderr  # the runner ran the shares' stage
+    assert "to whichever is free" in done.stderr  # with a pool: each writer claims the shards it writes
     assert_same_objects(one, two)
 
 

@@ -25,6 +25,7 @@ from transforms.formats.csv import add_keys
 from transforms.formats.values import EVENT_OBJECTS
 from transforms.formats.xml import XmlEncoder
 from transforms.naming import PROFILES_NAME
+from transforms.pool import WorkPool
 from transforms.records import BadRecord, Good, RecordChecker, decode_json, long_digit_runs
 from transforms.runs import RunRef
 from transforms.sources import ReadTask
@@ -116,12 +117,14 @@ class _ParseTask(beam.DoFn):
         file_order: dict[str, int],
         name_budget: int,
         spill: str,
+        pool: str | None = None,
     ):
         self._request = request
         self._tasks = tasks
         self._file_order = file_order
         self._name_budget = name_budget
         self._spill = spill
+        self._pool_folder = pool
         self._read = beam.metrics.Metrics.counter(NAMESPACE, "records_read")
         self._bad = beam.metrics.Metrics.counter(NAMESPACE, "bad_records")
 
@@ -143,6 +146,7 @@ class _ParseTask(beam.DoFn):
         )
         # XML is encoded here, where each record is decoded already: the writer then only joins elements.
         self._xml: dict[str, XmlEncoder] | None = {} if r.format == "xml" else None
+        self._pool = None if self._pool_folder is None else WorkPool(self._pool_folder)
 
     def _xml_encoder(self, name: str) -> XmlEncoder:
         enc = self._xml.get(name)
@@ -159,6 +163,15 @@ class _ParseTask(beam.DoFn):
         return Good(good.key, good.ts, good.created, line, good.object_id)
 
     def process(self, task_index: int):
+        if self._pool is None:
+            yield from self._parse(task_index)
+            return
+        # A multi-process local run: this worker reads whichever tasks are left, in order, until none is;
+        # which task index the runner handed it does not matter (`transforms.pool`).
+        for claimed in self._pool.take(len(self._tasks)):
+            yield from self._parse(claimed)
+
+    def _parse(self, task_index: int):
         task = self._tasks[task_index]
         with runs.paused_gc():
             r = self._request
@@ -474,13 +487,16 @@ class ExtractSeries(beam.PTransform):
         file_order: dict[str, int],
         name_budget: int,
         spill: str,
+        pool: str | None = None,
     ):
+        """`pool`: a multi-process local run's pool folder for the read tasks (`transforms.pool`)."""
         super().__init__()
         self._request = request
         self._tasks = tasks
         self._file_order = file_order
         self._name_budget = name_budget
         self._spill = spill
+        self._pool = pool
 
     def expand(self, task_indexes):
         return task_indexes | "ParseValidateSelect" >> beam.ParDo(
@@ -490,5 +506,6 @@ class ExtractSeries(beam.PTransform):
                 self._file_order,
                 self._name_budget,
                 self._spill,
+                self._pool,
             )
         ).with_outputs(DEAD_LETTERS, STATS, main="series")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import hashlib
 import heapq
 import logging
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import apache_beam as beam
+import orjson
 from apache_beam import pvalue
 
 from transforms import naming, runs
@@ -35,6 +37,7 @@ from transforms.formats.base import EVENTS, PROFILES, Item, SeriesContext
 from transforms.formats.json import JsonEncoder
 from transforms.formats.values import EVENT_OBJECTS
 from transforms.formats.xml import PreEncodedXml
+from transforms.pool import WorkPool
 from transforms.records import TOO_LARGE
 from transforms.series import DEAD_LETTERS, NAMESPACE, STATS, DeadLetter, source_record
 from transforms.storage import crc32c_b64, open_storage
@@ -550,7 +553,7 @@ def balanced_shares(shards: Iterable[Shard], n: int) -> list[list[Shard]]:
     the others' mean plus one shard. Ties go by series key and index: the shares depend only on the data."""
     shares: list[list[Shard]] = [[] for _ in range(n)]
     heap = [(0, i) for i in range(n)]
-    for shard in sorted(shards, key=lambda s: (-s.nbytes, s.key, s.index)):
+    for shard in sorted(shards, key=_largest_first):
         size, i = heapq.heappop(heap)
         shares[i].append(shard)
         heapq.heappush(heap, (size + shard.nbytes, i))
@@ -562,13 +565,17 @@ class _SpreadShards(beam.PTransform):
     `workers` processes round-robin, one key after a GroupByKey at a time, whatever each key holds. After a
     Reshuffle (random keys) the busier of two processes got a share of the 1M-event benchmark's series that
     was a median 9% (one time in ten 22%) above half (shuffling those series' sizes 2,000 times), and the
-    other then waits. So there the shards are collected (small: their runs' references), cut into
-    `balanced_shares`, and each share goes under its own key: one share per process. Any other runner
-    balances work itself, and gets a Reshuffle."""
+    other then waits. So there the shards are collected (small: their runs' references) and put in order,
+    largest first, under one key per process. With a `pool` (a local spill folder) every process gets the
+    whole list and writes the shards it claims first (`transforms.pool`): the longest-first rule, applied
+    as the writers come free, so a writer slowed down by its core or by costly series takes fewer. Without
+    one, each gets a fixed share of the data (`balanced_shares`). Any other runner balances work itself, and
+    gets a Reshuffle."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, pool: str | None = None):
         super().__init__()
         self._workers = workers
+        self._pool = pool
 
     def expand(self, shards):
         if self._workers < 2:
@@ -578,27 +585,48 @@ class _SpreadShards(beam.PTransform):
             shards
             | "All" >> beam.Map(lambda shard: (None, shard))
             | "Collect" >> beam.GroupByKey()
-            | "Share" >> beam.FlatMap(_shares, n)
+            | "Share" >> beam.FlatMap(_shares, n, self._pool is not None)
             | "OneSharePerWorker" >> beam.GroupByKey()
             | "Shards" >> beam.FlatMap(lambda kv: [s for share in kv[1] for s in share])
         )
 
 
-def _shares(element: tuple[None, Iterable[Shard]], n: int) -> Iterator[tuple[int, list[Shard]]]:
+def _shares(element: tuple[None, Iterable[Shard]], n: int, pooled: bool) -> Iterator[tuple[int, list[Shard]]]:
+    if pooled:
+        ordered = sorted(element[1], key=_largest_first)
+        log.info("writers: %d shards, %s bytes, to whichever is free", len(ordered), f"{_bytes(ordered):,}")
+        return ((i, ordered) for i in range(n))
     shares = balanced_shares(element[1], n)
-    log.info("writers' shares: %s bytes", " / ".join(f"{sum(s.nbytes for s in share):,}" for share in shares))
+    log.info("writers' shares: %s bytes", " / ".join(f"{_bytes(share):,}" for share in shares))
     return enumerate(shares)
+
+
+def _largest_first(shard: Shard) -> tuple:
+    return (-shard.nbytes, shard.key, shard.index)
+
+
+def _bytes(shards: list[Shard]) -> int:
+    return sum(s.nbytes for s in shards)
+
+
+def shard_claim(shard: Shard) -> str:
+    """The name under which a writer claims a shard in a pool: a digest of its series key and index."""
+    return hashlib.blake2b(orjson.dumps([*shard.key, shard.index]), digest_size=16).hexdigest()
 
 
 class _WriteSeries(beam.DoFn):
     """Shard -> file infos; records too large for a file go to the dead letters. The files of a series in
-    several shards go out on SHARD_FILES under temporary names, to be numbered by `_NumberShardFiles`."""
+    several shards go out on SHARD_FILES under temporary names, to be numbered by `_NumberShardFiles`.
+    `pool`: every writer is handed every shard and writes those it claims first (`_SpreadShards`)."""
 
-    def __init__(self, request, opts: SeriesOptions, tasks: list, file_order: dict[str, int]):
+    def __init__(
+        self, request, opts: SeriesOptions, tasks: list, file_order: dict[str, int], pool: str | None = None
+    ):
         self._request = request
         self._opts = opts
         self._tasks = tasks
         self._file_order = file_order
+        self._pool_folder = pool
         self._files = beam.metrics.Metrics.counter(NAMESPACE, "files_written")
         self._records = beam.metrics.Metrics.counter(NAMESPACE, "records_written")
 
@@ -606,8 +634,11 @@ class _WriteSeries(beam.DoFn):
         r = self._request
         self._store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
         runs.release_memory()  # what parsing left in this worker: the writer's peak comes on top
+        self._pool = None if self._pool_folder is None else WorkPool(self._pool_folder)
 
     def process(self, shard: Shard):
+        if self._pool is not None and not self._pool.claim(shard_claim(shard)):
+            return []  # another writer has it
         with runs.paused_gc():
             out = list(self._write(shard))
         if shard.nbytes > RELEASE_AFTER_BYTES:
@@ -764,15 +795,17 @@ class WriteSeries(beam.PTransform):
         file_order: dict[str, int],
         shard_bytes: int | None = None,
         workers: int = 0,
+        pool: str | None = None,
     ):
-        """`workers`: the worker processes of a multi-process local run, which get the shards in balanced
-        shares (`_SpreadShards`); 0 for any other runner."""
+        """`workers`: the worker processes of a multi-process local run, which share the shards
+        (`_SpreadShards`); 0 for any other runner. `pool`: their pool folder, when the spill is local."""
         super().__init__()
         self._request = request
         self._tasks = tasks
         self._file_order = file_order
         self._shard_bytes = SHARD_BYTES if shard_bytes is None else shard_bytes
         self._workers = workers
+        self._pool = pool
 
     def expand(self, grouped):
         r = self._request
@@ -790,9 +823,9 @@ class WriteSeries(beam.PTransform):
         written = (
             grouped
             | "PlanShards" >> beam.ParDo(_PlanShards(r, opts, self._shard_bytes))
-            | "SpreadShards" >> _SpreadShards(self._workers)
+            | "SpreadShards" >> _SpreadShards(self._workers, self._pool)
             | "SortRollUpload"
-            >> beam.ParDo(_WriteSeries(r, opts, self._tasks, self._file_order)).with_outputs(
+            >> beam.ParDo(_WriteSeries(r, opts, self._tasks, self._file_order, self._pool)).with_outputs(
                 DEAD_LETTERS, STATS, SHARD_FILES, main="files"
             )
         )
