@@ -17,7 +17,7 @@ import uuid
 
 import apache_beam as beam
 import orjson
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipelines import worker
 from pipelines.options import ExportOptions, InvalidRequest, Request, unknown_flags, validate
@@ -53,6 +53,7 @@ def build_pipeline(
         spill = spill_location(p.options, request)[1]
     if workers is None:
         workers = worker_count(p.options)
+    replays = p.options.view_as(DirectOptions).direct_runner_bundle_repeat
     tasks = plan_reads(files, request.source_format, range_bytes)
     file_order = {f.url: i for i, f in enumerate(files)}
     budget = event_name_budget(request)
@@ -61,7 +62,9 @@ def build_pipeline(
         | "ReadTasks" >> beam.Create(list(range(len(tasks))), reshuffle=False)  # SpreadTasks does it
         | "SpreadTasks" >> beam.Reshuffle()
         | "ExtractSeries"
-        >> ExtractSeries(request, tasks, file_order, budget, spill, pool_folder(spill, "read", workers))
+        >> ExtractSeries(
+            request, tasks, file_order, budget, spill, pool_folder(spill, "read", workers, replays)
+        )
     )
     written = (
         parsed.series
@@ -73,13 +76,13 @@ def build_pipeline(
             file_order,
             shard_bytes,
             workers=workers,
-            pool=pool_folder(spill, "write", workers),
+            pool=pool_folder(spill, "write", workers, replays),
         )
     )
     dead = (parsed.dead_letters, written.dead_letters) | "AllDeadLetters" >> beam.Flatten()
     stats = (parsed.stats, written.stats) | "AllStats" >> beam.Flatten()
     sources = [{"file": f.url, "bytes": f.size} for f in files]
-    return (written.files, dead, stats) | "Finalize" >> Finalize(request, sources, spill)
+    return (written.files, dead, stats) | "Finalize" >> Finalize(request, sources, spill, len(tasks))
 
 
 def event_name_budget(request: Request) -> int:
@@ -129,8 +132,6 @@ def local_workers(argv: list[str]) -> int:
 
 def worker_count(options: PipelineOptions) -> int:
     """How many worker processes a multi-process local run with these options starts; 0 for any other run."""
-    from apache_beam.options.pipeline_options import DirectOptions
-
     if not _local(options):
         return 0
     direct = options.view_as(DirectOptions)
@@ -152,7 +153,6 @@ def make_runner(options: PipelineOptions, worker_command: str | None = None):
             std.runner = "DataflowRunner"  # the flex template launcher builds the job for Dataflow
         return None  # else Beam resolves it from --runner
     std.runner = "DirectRunner"
-    from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle

@@ -72,11 +72,13 @@ def test_processes_racing_for_the_pieces_get_each_exactly_once(tmp_path):
     assert sum(bool(part) for part in got) >= 2, "the processes raced"
 
 
-def test_only_multi_process_runs_with_a_local_spill_get_a_pool(tmp_path):
+def test_only_multi_process_runs_with_a_local_spill_and_no_replays_get_a_pool(tmp_path):
     assert pool_folder(str(tmp_path), "read", 2) == str(tmp_path / "pool-read")
     assert pool_folder(str(tmp_path), "read", 1) is None
     assert pool_folder(str(tmp_path), "read", 0) is None
     assert pool_folder("gs://bucket/spill", "write", 2) is None
+    # Replayed bundles (--direct_runner_bundle_repeat) run first as dry runs: they would claim the work.
+    assert pool_folder(str(tmp_path), "read", 2, bundle_repeat=1) is None
 
 
 def _parse_task(data: Path, spill: Path, pool: str | None) -> tuple[_ParseTask, int]:

@@ -50,14 +50,31 @@ def dead_letter_files(dead: list[DeadLetter], max_bytes: int) -> list[tuple[byte
 
 
 def finalize_run(
-    request, source_files: list[dict], files: list[dict], dead: list[DeadLetter], stats: list[dict], store
+    request,
+    source_files: list[dict],
+    files: list[dict],
+    dead: list[DeadLetter],
+    stats: list[dict],
+    store,
+    tasks: int | None = None,
 ) -> dict:
-    """Write dead letters and the manifest; return the manifest. Raises RunFailed over --max_bad_records."""
+    """Write dead letters and the manifest; return the manifest. Raises RunFailed over --max_bad_records, and
+    when the counts do not add up: `tasks` read tasks each reporting once, and every record read exported,
+    dead-lettered, outside the window or an older profile version, once."""
     req, run = request.request_id, request.run_ts
     totals = dict.fromkeys(STAT_KEYS, 0)
     for s in stats:
         for k in STAT_KEYS:
             totals[k] += s.get(k, 0)
+    exported = sum(f["records"] for f in files)
+    accounted = exported + len(dead) + totals["out_of_scope"] + totals["superseded"]
+    if (tasks is not None and totals["tasks"] != tasks) or accounted != totals["read"]:
+        # Never expected: a lost or repeated piece of work. The files stay unlisted, no manifest.
+        raise RunFailed(
+            f"{RUN_FAILED}: the counts do not add up: {totals['tasks']} of {tasks} read tasks reported, "
+            f"{totals['read']:,} records read, {exported:,} exported + {len(dead):,} bad + "
+            f"{totals['out_of_scope']:,} outside + {totals['superseded']:,} older versions"
+        )
 
     errors = []
     for n, (content, count) in enumerate(dead_letter_files(dead, request.max_file_bytes)):
@@ -91,7 +108,6 @@ def finalize_run(
         day = per_event[f["event"]]
         day[f["date"]] = day.get(f["date"], 0) + f["records"]
     reasons = Counter(d.reason for d in dead)
-    exported = sum(f["records"] for f in files)
     manifest = {
         "request_id": req,
         "run_timestamp": run,
@@ -122,28 +138,33 @@ def finalize_run(
 
 
 class _Finalize(beam.DoFn):
-    def __init__(self, request, source_files: list[dict], spill: str):
+    def __init__(self, request, source_files: list[dict], spill: str, tasks: int | None):
         self._request = request
         self._source_files = source_files
         self._spill = spill
+        self._tasks = tasks
 
     def process(self, _, files, dead, stats):
         r = self._request
         store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
         try:
-            yield finalize_run(self._request, self._source_files, list(files), list(dead), list(stats), store)
+            yield finalize_run(
+                self._request, self._source_files, list(files), list(dead), list(stats), store, self._tasks
+            )
         finally:
             delete_runs(self._spill)
 
 
 class Finalize(beam.PTransform):
-    """Once every file is written: dead letters, orphans, manifest. Outputs the manifest (one dict)."""
+    """Once every file is written: dead letters, orphans, manifest. Outputs the manifest (one dict).
+    `tasks`: how many read tasks the run has, each of which reports its counts once."""
 
-    def __init__(self, request, source_files: list[dict], spill: str):
+    def __init__(self, request, source_files: list[dict], spill: str, tasks: int | None = None):
         super().__init__()
         self._request = request
         self._source_files = source_files
         self._spill = spill
+        self._tasks = tasks
 
     def expand(self, pcolls):
         files, dead, stats = pcolls
@@ -153,7 +174,7 @@ class Finalize(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "WriteManifest"
             >> beam.ParDo(
-                _Finalize(self._request, self._source_files, self._spill),
+                _Finalize(self._request, self._source_files, self._spill, self._tasks),
                 beam.pvalue.AsList(files),
                 beam.pvalue.AsList(dead),
                 beam.pvalue.AsList(stats),

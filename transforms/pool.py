@@ -8,10 +8,12 @@ series is not its bytes alone, so the first worker done waited for the other, se
 A `WorkPool` is a local folder where a worker claims a piece of work by creating a file named after it:
 creating a file that must not exist yet is atomic, so exactly one claimer gets each piece. The worker that
 claims a piece does it and emits its output; the others skip it. Every piece is claimed: each worker goes
-through the whole list, and no worker stops before the list is done. That is exactly-once only where a
-failed bundle fails the run, never retried elsewhere: the local runner's case (Beam's FnApiRunner has no
-retries), so only multi-process local runs with a local spill folder use a pool, and a failed run removes
-the folder with the spill.
+through the whole list, and no worker stops before the list is done. That is exactly-once only where every
+bundle runs once and a failed bundle fails the run: the local runner's case (Beam's FnApiRunner retries
+nothing), unless --direct_runner_bundle_repeat replays bundles (it runs each first as a dry run whose output
+is dropped, which would claim the work). So only multi-process local runs with a local spill folder and no
+replays use a pool, and a failed run removes the folder with the spill. Finalize checks the counts either
+way: every read task reports once, and every record read is accounted for once.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import os
 from collections.abc import Iterator
 
 
-def pool_folder(spill: str, stage: str, workers: int) -> str | None:
-    """The pool of a stage of a multi-process local run whose spill folder is local; None otherwise."""
+def pool_folder(spill: str, stage: str, workers: int, bundle_repeat: int = 0) -> str | None:
+    """The pool of a stage of a multi-process local run whose spill folder is local and whose bundles run
+    once (`bundle_repeat`: --direct_runner_bundle_repeat); None otherwise."""
     from transforms import storage
 
-    if workers < 2 or storage.is_gcs(spill):
+    if workers < 2 or bundle_repeat or storage.is_gcs(spill):
         return None
     return os.path.join(spill, f"pool-{stage}")
 

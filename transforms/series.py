@@ -37,8 +37,9 @@ DEAD_LETTERS = "dead_letters"
 STATS = "stats"
 RECORD_TEXT_LIMIT = 64 * 1024
 
-# Counts a task reports; finalize adds them up. read = exported + superseded + out_of_scope + bad.
-STAT_KEYS = ("read", "selected", "out_of_scope", "bad", "unplaced", "superseded", "xml_replaced")
+# Counts a task reports; finalize adds them up and checks that read = exported + superseded + out_of_scope +
+# bad, and that every read task reported once ("tasks": 1 from each).
+STAT_KEYS = ("tasks", "read", "selected", "out_of_scope", "bad", "unplaced", "superseded", "xml_replaced")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class _Accumulator:
         self.series: dict[tuple[str, str], list[tuple]] = {}
         self.dead: list[DeadLetter] = []
         self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self.stats["tasks"] = 1
         # CSV events: each series' keys of profile, deviceInfo and eventProps, gathered while the records are
         # decoded, so the writer needs no pass over the series for its header.
         self.csv_keys: dict[tuple[str, str], tuple[set, set, set]] | None = {} if csv_keys else None
