@@ -322,6 +322,30 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+# Where the local runner logs what its worker processes log: "Worker: %s", a LogEntry in protobuf text format.
+_WORKER_LOG = "apache_beam.runners.portability.local_job_service"
+_OUR_CODE = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (naming, worker))
+
+
+class _WorkerProgress(logging.Handler):
+    """Our own log lines from the worker processes of a multi-process local run (the read tasks' progress),
+    shown as this process shows its own; the rest of what the workers log shows only with CTEXPORT_DEBUG=1."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg != "Worker: %s" or not record.args:
+            return
+        from apache_beam.portability.api import beam_fn_api_pb2
+        from apache_beam.runners.worker.log_handler import LOGENTRY_TO_LOG_LEVEL_MAP
+        from google.protobuf import text_format
+
+        try:
+            entry = text_format.Parse(record.args[0], beam_fn_api_pb2.LogEntry())
+        except text_format.ParseError:
+            return
+        if entry.log_location.startswith(_OUR_CODE):
+            log.log(LOGENTRY_TO_LOG_LEVEL_MAP.get(entry.severity, logging.INFO), "%s", entry.message)
+
+
 def _setup_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
@@ -337,6 +361,11 @@ def _setup_logging() -> None:
     logging.getLogger("apache_beam").setLevel(
         logging.DEBUG if os.environ.get(DEBUG_ENV) else logging.CRITICAL
     )
+    workers = logging.getLogger(_WORKER_LOG)
+    if not os.environ.get(DEBUG_ENV) and not any(isinstance(h, _WorkerProgress) for h in workers.handlers):
+        workers.setLevel(logging.INFO)
+        workers.addHandler(_WorkerProgress())
+        workers.propagate = False
 
 
 def main() -> None:

@@ -213,10 +213,14 @@ def test_multi_process_direct_runner_writes_the_same_objects(
     real = export.WriteSeries
     monkeypatch.setattr(export, "WriteSeries", lambda *a, **k: workers.append(k["workers"]) or real(*a, **k))
     assert run(common + ["--output", str(one)]) == 0
+    capsys.readouterr()
     multi = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
     assert run(common + ["--output", str(two)] + multi) == 0
     err = capsys.readouterr().err
-    assert (" shards" in err) == bool(shard_bytes)
+    # The workers' own log lines show as this process's: the read tasks' progress, the shards planned.
+    assert re.search(r"^ctexport: read events-0\.jsonl\S*: [\d,]+ records", err, re.M), err[-2000:]
+    assert bool(re.search(r"^ctexport: .* \d{8}: \d+ shards$", err, re.M)) == bool(shard_bytes)
+    assert "Worker: " not in err  # and nothing else of theirs
     assert workers == [0, 2], "two workers share the shards (_SpreadShards)"
     assert_same_objects(one, two)
 

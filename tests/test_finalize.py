@@ -34,7 +34,11 @@ def _file(records: int) -> dict:
         ([{"tasks": 1, "read": 5}, {"tasks": 1, "read": 4, "out_of_scope": 1}], 8, None),
         ([{"tasks": 1, "read": 5}], 5, "1 of 2 read tasks reported"),  # a task's output lost
         ([{"tasks": 1, "read": 5}] * 3, 15, "3 of 2 read tasks reported"),  # a task's output twice
-        ([{"tasks": 1, "read": 5}, {"tasks": 1, "read": 4}], 10, "9 records read, 10 exported"),  # a shard twice
+        (
+            [{"tasks": 1, "read": 5}, {"tasks": 1, "read": 4}],
+            10,
+            "9 records read, 10 exported",
+        ),  # a shard twice
         ([{"tasks": 1, "read": 5}, {"tasks": 1, "read": 4}], 7, "9 records read, 7 exported"),  # a shard lost
     ],
 )
