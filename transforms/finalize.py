@@ -70,10 +70,11 @@ def finalize_run(
     accounted = exported + len(dead) + totals["out_of_scope"] + totals["superseded"]
     if (tasks is not None and totals["tasks"] != tasks) or accounted != totals["read"]:
         # Never expected: a lost or repeated piece of work. The files stay unlisted, no manifest.
+        reported = "" if tasks is None else f"{totals['tasks']} of {tasks} read tasks reported, "
         raise RunFailed(
-            f"{RUN_FAILED}: the counts do not add up: {totals['tasks']} of {tasks} read tasks reported, "
-            f"{totals['read']:,} records read, {exported:,} exported + {len(dead):,} bad + "
-            f"{totals['out_of_scope']:,} outside + {totals['superseded']:,} older versions"
+            f"{RUN_FAILED}: the counts do not add up: {reported}{totals['read']:,} records read, "
+            f"{exported:,} exported + {len(dead):,} bad + {totals['out_of_scope']:,} outside + "
+            f"{totals['superseded']:,} older versions"
         )
 
     errors = []
