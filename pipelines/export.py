@@ -74,6 +74,7 @@ def build_pipeline(
             request,
             tasks,
             file_order,
+            spill,
             shard_bytes,
             workers=workers,
             pool=pool_folder(spill, "write", workers, replays),

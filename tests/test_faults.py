@@ -14,6 +14,7 @@ import os
 import selectors
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -441,8 +442,10 @@ main()
 """
 
 
-def _run_until_stopped(argv: list[str], point: str, log: Path) -> None:
+def _run_until_stopped(argv: list[str], point: str, log: Path, tmp: Path | None = None) -> None:
     env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
+    if tmp is not None:
+        env["TMPDIR"] = str(tmp)  # the child's temporary folder
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD, point, *argv],
@@ -481,17 +484,27 @@ KILL_POINTS = ["between", "mid-write", "manifest"]
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_killed_mid_write_then_rerun_equals_a_clean_run(data, tmp_path, clean_folder, capsys, point):
+def test_killed_mid_write_then_rerun_equals_a_clean_run(
+    data, tmp_path, clean_folder, capsys, monkeypatch, point
+):
     out = tmp_path / "out"
     argv = argv_for(f"{data}/events-*", str(out))
-    _run_until_stopped(argv, point, tmp_path / "child.log")
+    temp = tmp_path / "tmp"  # the system's temporary folder, for both attempts
+    temp.mkdir()
+    _run_until_stopped(argv, point, tmp_path / "child.log", temp)
     left = folder_objects(out)
     assert naming.manifest_name(REQ, RUN_TS) not in left, "killed before it completed"
     assert len([n for n in left if "/" not in n]) >= 3, "some data files exist"
+    if point == "mid-write":
+        assert list(temp.rglob("*.part")), "the killed attempt left a file half-written"
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     code = run(argv)
     _, err = capsys.readouterr()
     assert code == 0, err
     assert comparable(folder_objects(out)) == comparable(clean_folder)
+    # Nothing of either attempt is left in the temporary folder: the rerun removed what the killed one spilled
+    # and spooled there.
+    assert [p for p in temp.rglob("*") if p.is_file()] == []
 
 
 # ---- production retry settings ------------------------------------------------------------------------------

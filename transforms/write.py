@@ -422,6 +422,7 @@ def write_series(
     scan=None,
     name_of=None,
     meta=None,
+    spool_root: str | None = None,
 ) -> Iterator[tuple[str, dict] | tuple[str, int]]:
     """Encode, roll and upload one sorted series.
 
@@ -430,12 +431,13 @@ def write_series(
     `items` may be a stream; then `scan()` gives the series once more, in any order, for the CSV header or the
     Parquet schema. `name_of(i)` names file i (default: the data name with index i). `meta`: the whole
     series' CSV keys per object (a dict) or Parquet types (`parquet.merge_types`), when known already: then
-    neither reads the series for them.
+    neither reads the series for them. `spool_root`: the local folder for the files being written (default:
+    the system's temporary folder).
     """
     event_name, date = key
     kind = PROFILES if opts.kind == "profiles" else EVENTS
     ctx = SeriesContext(kind, event_name, opts.csv_formula_guard, opts.json_header)
-    spool = tempfile.mkdtemp(prefix="ctexport-")
+    spool = tempfile.mkdtemp(prefix="ctexport-", dir=spool_root)
     try:
         if opts.fmt == "parquet":
             rows = items if isinstance(items, ArrowRows) else list(items)
@@ -620,12 +622,19 @@ class _WriteSeries(beam.DoFn):
     `pool`: every writer is handed every shard and writes those it claims first (`_SpreadShards`)."""
 
     def __init__(
-        self, request, opts: SeriesOptions, tasks: list, file_order: dict[str, int], pool: str | None = None
+        self,
+        request,
+        opts: SeriesOptions,
+        tasks: list,
+        file_order: dict[str, int],
+        spill: str,
+        pool: str | None = None,
     ):
         self._request = request
         self._opts = opts
         self._tasks = tasks
         self._file_order = file_order
+        self._spill = spill
         self._pool_folder = pool
         self._files = beam.metrics.Metrics.counter(NAMESPACE, "files_written")
         self._records = beam.metrics.Metrics.counter(NAMESPACE, "records_written")
@@ -635,6 +644,10 @@ class _WriteSeries(beam.DoFn):
         self._store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
         runs.release_memory()  # what parsing left in this worker: the writer's peak comes on top
         self._pool = None if self._pool_folder is None else WorkPool(self._pool_folder)
+        # Files being written go under a local spill folder, which the next attempt of a killed run removes.
+        self._spool_root = runs.local_path(self._spill, "spool")
+        if self._spool_root is not None:
+            os.makedirs(self._spool_root, exist_ok=True)
 
     def process(self, shard: Shard):
         if self._pool is not None and not self._pool.claim(shard_claim(shard)):
@@ -688,7 +701,9 @@ class _WriteSeries(beam.DoFn):
                 naming.shard_part_name, r.request_id, r.run_ts, key[0], key[1], shard.index
             )
         written = 0
-        for kind, value in write_series(key, items, self._opts, self._store.move_file, scan, name_of, meta):
+        for kind, value in write_series(
+            key, items, self._opts, self._store.move_file, scan, name_of, meta, self._spool_root
+        ):
             if kind == "file":
                 self._files.inc()
                 self._records.inc(value["records"])
@@ -793,16 +808,19 @@ class WriteSeries(beam.PTransform):
         request,
         tasks: list,
         file_order: dict[str, int],
+        spill: str,
         shard_bytes: int | None = None,
         workers: int = 0,
         pool: str | None = None,
     ):
-        """`workers`: the worker processes of a multi-process local run, which share the shards
+        """`spill`: the run's spill folder (the writers' files in the making go under it when it is local).
+        `workers`: the worker processes of a multi-process local run, which share the shards
         (`_SpreadShards`); 0 for any other runner. `pool`: their pool folder, when the spill is local."""
         super().__init__()
         self._request = request
         self._tasks = tasks
         self._file_order = file_order
+        self._spill = spill
         self._shard_bytes = SHARD_BYTES if shard_bytes is None else shard_bytes
         self._workers = workers
         self._pool = pool
@@ -825,9 +843,9 @@ class WriteSeries(beam.PTransform):
             | "PlanShards" >> beam.ParDo(_PlanShards(r, opts, self._shard_bytes))
             | "SpreadShards" >> _SpreadShards(self._workers, self._pool)
             | "SortRollUpload"
-            >> beam.ParDo(_WriteSeries(r, opts, self._tasks, self._file_order, self._pool)).with_outputs(
-                DEAD_LETTERS, STATS, SHARD_FILES, main="files"
-            )
+            >> beam.ParDo(
+                _WriteSeries(r, opts, self._tasks, self._file_order, self._spill, self._pool)
+            ).with_outputs(DEAD_LETTERS, STATS, SHARD_FILES, main="files")
         )
         numbered = (
             written[SHARD_FILES]
