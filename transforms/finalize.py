@@ -56,7 +56,7 @@ def finalize_run(
     dead: list[DeadLetter],
     stats: list[dict],
     store,
-    tasks: int | None = None,
+    tasks: int,
 ) -> dict:
     """Write dead letters and the manifest; return the manifest. Raises RunFailed over --max_bad_records, and
     when the counts do not add up: `tasks` read tasks each reporting once, and every record read exported,
@@ -68,11 +68,11 @@ def finalize_run(
             totals[k] += s.get(k, 0)
     exported = sum(f["records"] for f in files)
     accounted = exported + len(dead) + totals["out_of_scope"] + totals["superseded"]
-    if (tasks is not None and totals["tasks"] != tasks) or accounted != totals["read"]:
+    if totals["tasks"] != tasks or accounted != totals["read"]:
         # Never expected: a lost or repeated piece of work. The files stay unlisted, no manifest.
-        reported = "" if tasks is None else f"{totals['tasks']} of {tasks} read tasks reported, "
         raise RunFailed(
-            f"{RUN_FAILED}: the counts do not add up: {reported}{totals['read']:,} records read, "
+            f"{RUN_FAILED}: the counts do not add up: {totals['tasks']} of {tasks} read tasks reported, "
+            f"{totals['read']:,} records read, "
             f"{exported:,} exported + {len(dead):,} bad + {totals['out_of_scope']:,} outside + "
             f"{totals['superseded']:,} older versions"
         )
@@ -139,7 +139,7 @@ def finalize_run(
 
 
 class _Finalize(beam.DoFn):
-    def __init__(self, request, source_files: list[dict], spill: str, tasks: int | None):
+    def __init__(self, request, source_files: list[dict], spill: str, tasks: int):
         self._request = request
         self._source_files = source_files
         self._spill = spill
@@ -160,7 +160,7 @@ class Finalize(beam.PTransform):
     """Once every file is written: dead letters, orphans, manifest. Outputs the manifest (one dict).
     `tasks`: how many read tasks the run has, each of which reports its counts once."""
 
-    def __init__(self, request, source_files: list[dict], spill: str, tasks: int | None = None):
+    def __init__(self, request, source_files: list[dict], spill: str, tasks: int):
         super().__init__()
         self._request = request
         self._source_files = source_files
