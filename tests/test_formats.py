@@ -1103,3 +1103,33 @@ def test_xml_escape_filter_agrees_with_searching_for_each_sequence(text):
     sequences = (b"\\", b"&", b"<", b">", b"\xef\xbf\xbe", b"\xef\xbf\xbf")
     for data in (orjson.dumps({"ts": 1, "eventProps": {"k": text}}), text.encode()):
         assert _may_need_escapes(data) == any(s in data for s in sequences)
+
+
+@pytest.mark.parametrize("name", ["Charged", "Size, Colour", 'The "Best"'])
+@pytest.mark.parametrize(
+    "value", ["plain", "a,b", 'say "hi"', "a\nb", "a\rb", "", "[1,2]", '"', ",", None, [], {}]
+)
+def test_csv_row_is_what_csv_writer_writes(name, value):
+    """Each kind of cell that needs quotes, or not, beside cells of every other kind: the row the encoder joins
+    itself is the one csv.writer writes."""
+    props = {
+        "v": value,
+        "list": [1, 2],
+        "strs": ["a"],
+        "obj": {"a": "b"},
+        "n": None,
+        "f": 1.5,
+        "t": True,
+        "i": 3,
+    }
+    items = _events({"profile": {"p": "x"}, "ts": 20240102030405, "eventProps": props})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    keys = sorted(props)
+    writer.writerow(["eventName", "ts", "profile.p"] + [f"eventProps.{k}" for k in keys])
+    cells = [props[k] if type(props[k]) is str else orjson.dumps(props[k]).decode() for k in keys]
+    writer.writerow(
+        [name, "20240102030405", "x"]
+        + ["" if props[k] is None else c for k, c in zip(keys, cells, strict=True)]
+    )
+    assert _file(CsvEncoder(SeriesContext(EVENTS, name), items), items) == out.getvalue().encode()

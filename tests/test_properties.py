@@ -8,6 +8,7 @@ CTEXPORT_HYPOTHESIS_EXAMPLES to explore more.
 
 from __future__ import annotations
 
+import csv
 import functools
 import gzip as gzip_module
 import io
@@ -35,7 +36,7 @@ from ctexport.testing.readback import (
     xml_clean,
     xml_pairs,
 )
-from transforms.formats.base import EVENTS, Item, SeriesContext
+from transforms.formats.base import EVENTS, PROFILES, Item, SeriesContext
 from transforms.formats.parquet import series_schema, to_table
 from transforms.formats.values import text_encoder
 from transforms.records import BadRecord, RecordChecker, decode_json
@@ -131,6 +132,67 @@ def test_csv_round_trips(s, guard):
         for col in columns[2:]:
             group, _, key = col.partition(".")
             assert text_matches((line.get(group) or {}).get(key), row[col], guard), (col, row[col])
+
+
+def _csv_writer_bytes(rows: list[list]) -> bytes:
+    """What the csv module writes for rows of values, each value as SPEC section 4 says: text as it is, null
+    empty, anything else its compact JSON."""
+    out = io.StringIO()
+    writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    for row in rows:
+        writer.writerow([v if type(v) is str else "" if v is None else orjson.dumps(v).decode() for v in row])
+    return out.getvalue().encode()
+
+
+@SETTINGS
+@given(series())
+def test_csv_event_rows_are_byte_for_byte_what_csv_writer_writes(s):
+    """The encoder joins most rows itself (`CsvEncoder._joined`) and must quote exactly as csv.writer does."""
+    name, items, records = s
+    columns = [(g, sorted({k for _, line in records for k in (line.get(g) or {})})) for g in GROUPS]
+    rows = [["eventName", "ts"] + [f"{g}.{k}" for g, keys in columns for k in keys]]
+    for _, line in records:
+        rows.append([name, line["ts"]] + [(line.get(g) or {}).get(k) for g, keys in columns for k in keys])
+    assert encode("csv", SeriesContext(EVENTS, name), items) == _csv_writer_bytes(rows)
+
+
+PROFILE_LINE_FIELDS = (
+    "objectId",
+    "identity",
+    "all_identities",
+    "name",
+    "email",
+    "phone",
+    "gender",
+    "dob",
+    "platform",
+    "createdAt",
+    "ts",
+)
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(PROFILE_LINE_FIELDS), VALUES, max_size=6), min_size=1, max_size=5
+    ),
+    st.lists(OBJECTS, min_size=5, max_size=5),
+)
+def test_csv_profile_rows_are_byte_for_byte_what_csv_writer_writes(fields, props):
+    lines = []
+    for record, obj in zip(fields, props, strict=False):
+        line = {f: record[f] for f in PROFILE_LINE_FIELDS if f in record}
+        if obj:
+            line["profileProps"] = obj
+        lines.append(line)
+    items = [Item(0, None, orjson.dumps(line)) for line in lines]
+    keys = sorted({k for line in lines for k in line.get("profileProps", {})})
+    rows = [list(PROFILE_LINE_FIELDS) + [f"profileProps.{k}" for k in keys]]
+    for line in lines:
+        rows.append(
+            [line.get(f) for f in PROFILE_LINE_FIELDS] + [line.get("profileProps", {}).get(k) for k in keys]
+        )
+    assert encode("csv", SeriesContext(PROFILES, "profiles"), items) == _csv_writer_bytes(rows)
 
 
 @SETTINGS

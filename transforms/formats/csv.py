@@ -66,12 +66,27 @@ class CsvEncoder:
             columns.extend(f"{name}.{key}" for key in names)
         self._header = self._row([self._text(c) for c in columns])
         self._event_name = self._text(ctx.event_name)
+        # For `_joined`: each object's columns with a row of empty cells, and the event name as a quoted cell
+        # (a name may hold a comma) with the `"` and `,` it adds.
+        self._columns = [(name, names, [""] * len(names)) for name, names in self._objects]
+        self._event_field = self._row([self._event_name])[:-2].decode() if self._events else ""
+        self._name_quotes = self._event_field.count('"')
+        self._name_commas = self._event_field.count(",")
+        self._quotes = self._commas = 0
 
     def header(self) -> bytes:
         return self._header
 
     def encode(self, item: Item) -> bytes:
         data = orjson.loads(item.line)
+        if not self._guard:
+            row = self._joined(data)
+            if row is not None:
+                return row
+        return self._row(self._cells(data))
+
+    def _cells(self, data: dict) -> list[str]:
+        """The record's cells as text, for csv.writer to quote."""
         cell = self._guarded_cell if self._guard else value_text
         if self._events:
             row = [self._event_name, cell(data.get("ts"))]
@@ -86,7 +101,64 @@ class CsvEncoder:
             else:
                 get = obj.get
                 row += [v if (v := get(key)).__class__ is str else value_text(v) for key in names]
-        return self._row(row)
+        return row
+
+    def _joined(self, data: dict) -> bytes | None:
+        """The record's row built by joining its cells, or None when a text cell needs quotes.
+
+        csv.writer looks at every character of every cell; most cells need no quotes, so this joins them as
+        they are. The cells that do need quotes are known in advance: lists and objects, as JSON text, nearly
+        always hold `"` or `,`, and are quoted here, counting the `"` and `,` they add. A text value needs
+        quotes only if it holds `"`, `,`, CR or LF; then the row's count of `"` or `,` is more than the quoted
+        cells and separators account for, or it holds a CR or LF, and the caller lets csv.writer write it.
+        The row is byte for byte what csv.writer writes (QUOTE_MINIMAL, doubled quotes).
+        """
+        self._quotes, self._commas = self._name_quotes, self._name_commas
+        cell = self._quoted
+        if self._events:
+            ts = data.get("ts")
+            row = [self._event_field, str(ts) if ts.__class__ is int else cell(ts)]
+        else:
+            row = [v if (v := data.get(field)).__class__ is str else cell(v) for field in PROFILE_FIELDS]
+        for name, names, blanks in self._columns:
+            obj = data.get(name)
+            if not obj:
+                row += blanks
+            else:
+                get = obj.get
+                row += [v if (v := get(key)).__class__ is str else cell(v) for key in names]
+        text = ",".join(row)
+        if (
+            text.count('"') != self._quotes
+            or text.count(",") != len(row) - 1 + self._commas
+            or "\n" in text
+            or "\r" in text
+        ):
+            return None
+        text += "\r\n"
+        return text.encode()
+
+    def _quoted(self, value: Any) -> str:
+        """A value other than a string as a CSV cell, quoted as csv.writer would; counts the `"` and `,` of
+        a quoted cell. (JSON text holds no CR or LF, and numbers, `true` and `false` need no quotes.)"""
+        if value is None:
+            return ""
+        cls = value.__class__
+        if cls is int:
+            return str(value)
+        text = orjson.dumps(value).decode()
+        if cls is list or cls is dict:
+            quotes = text.count('"')
+            commas = text.count(",")
+            if quotes:
+                self._quotes += 2 * quotes + 2
+                self._commas += commas
+                return '"' + text.replace('"', '""') + '"'
+            if commas:
+                self._quotes += 2
+                self._commas += commas
+                return '"' + text + '"'
+        return text
 
     def footer(self) -> bytes:
         return b""
