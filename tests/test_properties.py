@@ -461,6 +461,28 @@ def test_parquet_arrow_path_reads_plain_events_and_declines_the_rest():
     assert not _arrow_path_agrees([Item(1, None, orjson.dumps(big)), items[0]])
 
 
+@pytest.mark.parametrize(
+    ("values", "arrow"),
+    [
+        ([10**15, 2**53, -(2**53), 7], True),  # 16 digits, and the bounds: integers that fit 53 bits
+        ([1234567890123456.8, 0.5, 3], True),  # a double of 16 digits before the point; 3 becomes 3.0
+        ([2**53, 0.5], False),  # as a double, 2**53 could be a larger integer rounded: declined
+        ([2**53 + 1, 0.5], False),  # an integer beyond 53 bits and a double: string, not a rounded double
+        ([-(2**53) - 1, 0.5], False),
+        ([2**63 - 1], False),  # beyond 53 bits but int64: declined, the Python path reads it
+        ([[2**60, 0.5]], False),  # in a list
+        ([{"deep": [1, 2**54]}, {"deep": [0.5]}], False),  # in a struct in a list
+        ([1e300], False),  # a double beyond 2**53: declined, though only an integer would read wrong
+    ],
+)
+def test_parquet_arrow_path_takes_numbers_only_within_2_to_53(values, arrow):
+    """Arrow promotes a property's integers to double when doubles appear; the widening rule wants that only
+    when every integer fits 53 bits, so the Arrow path declines a table holding any number beyond."""
+    lines = [{"ts": 20261125000000 + i, "eventProps": {"n": v, "s": "x"}} for i, v in enumerate(values)]
+    items = [Item(i, None, orjson.dumps(line)) for i, line in enumerate(lines)]
+    assert _arrow_path_agrees(items) is arrow
+
+
 @SETTINGS
 @given(
     series(max_records=30),

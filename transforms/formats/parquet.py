@@ -17,6 +17,7 @@ whole series has no column: Parquet cannot store a struct without fields.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -238,24 +239,42 @@ def _table_in_python(ctx: SeriesContext, schema: pa.Schema, items: Sequence[Item
 
 
 # The same in Arrow's JSON reader, in C++, for events whose data lines are plain enough that its reading is
-# ours: no empty object (Arrow reads {} as a struct of nulls, which is null here) and no run of 16 digits (so
-# every integer fits 53 bits, and Arrow's int-to-double promotion is exact, as the widening rule wants). A
-# type mix it cannot read (a property widened to string, say) raises, and the Python path above decides.
-# tests/test_properties.py holds both paths to the same schemas and tables.
+# ours: no empty object (Arrow reads {} as a struct of nulls, which is null here; looked for in the text) and
+# no number beyond 2**53 (looked for in the table Arrow read: then every integer fits 53 bits, and Arrow's
+# int-to-double promotion is exact, as the widening rule wants). A type mix it cannot read (a property widened
+# to string, say) raises, and the Python path above decides. tests/test_properties.py holds both paths to the
+# same schemas and tables.
 
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_EMPTY_OBJECT = re.compile(rb"\{\}")
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 
 def _arrow_can_read(blob) -> bool:
-    """Whether Arrow reads these data lines (bytes or a view of them) as the writer would. Looked at a few
-    MB at a time, the pieces overlapping by 16 bytes, so a big buffer is never copied whole."""
-    view = memoryview(blob)
-    step = 1 << 22
-    for start in range(0, len(view), step):
-        piece = bytes(view[max(0, start - 16) : start + step])
-        if b"{}" in piece or b"0" * 16 in piece.translate(_DIGITS_AS_ZERO):
-            return False
+    """Whether Arrow may read these data lines (bytes or a view of them): none holds an empty object. (A
+    `{}` inside a string counts too: it only sends the lines to the Python path.)"""
+    return _EMPTY_OBJECT.search(blob) is None
+
+
+def _numbers_fit(arrays: Iterable) -> bool:
+    """Whether every number in these Arrow arrays (or chunked arrays), nested ones included, is within
+    2**53 of zero: integers up to 2**53, doubles below it. Then every integer of the lines Arrow read fits 53
+    bits (one beyond, read as a double, rounds to 2**53 or more), so its int-to-double promotion was exact
+    and an integer column is what `_merge` calls _INT."""
+    for array in arrays:
+        t = array.type
+        if pa.types.is_integer(t) or pa.types.is_floating(t):
+            low, high = pa.compute.min_max(array).values()
+            if low.is_valid and not (
+                -_MAX_EXACT <= low.as_py() and high.as_py() <= _MAX_EXACT
+                if pa.types.is_integer(t)
+                else -_MAX_EXACT < low.as_py() and high.as_py() < _MAX_EXACT
+            ):
+                return False
+        elif pa.types.is_struct(t) or pa.types.is_list(t):
+            chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+            for chunk in chunks:
+                if not _numbers_fit(chunk.flatten() if pa.types.is_struct(t) else [chunk.flatten()]):
+                    return False
     return True
 
 
@@ -274,6 +293,8 @@ def _read_in_arrow(blob) -> tuple[dict[str, Any], pa.Table] | None:
         return None
     try:
         table = _read_json(blob, None)
+        if not _numbers_fit(table.columns):
+            return None
         schema = table.schema
         types = {
             name: _from_arrow(schema.field(name).type) if name in schema.names else None
@@ -326,6 +347,8 @@ def _objects_table(
         try:
             table = _read_json(blob, pa.schema(objects))
         except _ARROW_ERRORS:
+            return None
+        if not _numbers_fit(table.columns):
             return None
     if table.num_rows != len(ts):
         return None
