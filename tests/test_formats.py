@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from lxml import etree
 
+from ctexport.testing.readback import csv_writer_bytes
 from transforms.formats.base import EVENTS, PROFILES, Item, SeriesContext
 from transforms.formats.csv import CsvEncoder
 from transforms.formats.json import JsonEncoder
@@ -1123,13 +1124,9 @@ def test_csv_row_is_what_csv_writer_writes(name, value):
         "i": 3,
     }
     items = _events({"profile": {"p": "x"}, "ts": 20240102030405, "eventProps": props})
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
     keys = sorted(props)
-    writer.writerow(["eventName", "ts", "profile.p"] + [f"eventProps.{k}" for k in keys])
-    cells = [props[k] if type(props[k]) is str else orjson.dumps(props[k]).decode() for k in keys]
-    writer.writerow(
-        [name, "20240102030405", "x"]
-        + ["" if props[k] is None else c for k, c in zip(keys, cells, strict=True)]
-    )
-    assert _file(CsvEncoder(SeriesContext(EVENTS, name), items), items) == out.getvalue().encode()
+    rows = [
+        ["eventName", "ts", "profile.p"] + [f"eventProps.{k}" for k in keys],
+        [name, 20240102030405, "x"] + [props[k] for k in keys],
+    ]
+    assert _file(CsvEncoder(SeriesContext(EVENTS, name), items), items) == csv_writer_bytes(rows)

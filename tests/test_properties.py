@@ -8,7 +8,6 @@ CTEXPORT_HYPOTHESIS_EXAMPLES to explore more.
 
 from __future__ import annotations
 
-import csv
 import functools
 import gzip as gzip_module
 import io
@@ -27,6 +26,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from ctexport.testing.readback import (
+    csv_writer_bytes,
     parquet_matches,
     read_csv,
     read_json,
@@ -38,7 +38,7 @@ from ctexport.testing.readback import (
 )
 from transforms.formats.base import EVENTS, PROFILES, Item, SeriesContext
 from transforms.formats.parquet import series_schema, to_table
-from transforms.formats.values import text_encoder
+from transforms.formats.values import PROFILE_FIELDS, text_encoder
 from transforms.records import BadRecord, RecordChecker, decode_json
 from transforms.windows import Window
 from transforms.write import SeriesOptions, write_series
@@ -134,16 +134,6 @@ def test_csv_round_trips(s, guard):
             assert text_matches((line.get(group) or {}).get(key), row[col], guard), (col, row[col])
 
 
-def _csv_writer_bytes(rows: list[list]) -> bytes:
-    """What the csv module writes for rows of values, each value as SPEC section 4 says: text as it is, null
-    empty, anything else its compact JSON."""
-    out = io.StringIO()
-    writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
-    for row in rows:
-        writer.writerow([v if type(v) is str else "" if v is None else orjson.dumps(v).decode() for v in row])
-    return out.getvalue().encode()
-
-
 @SETTINGS
 @given(series())
 def test_csv_event_rows_are_byte_for_byte_what_csv_writer_writes(s):
@@ -153,46 +143,29 @@ def test_csv_event_rows_are_byte_for_byte_what_csv_writer_writes(s):
     rows = [["eventName", "ts"] + [f"{g}.{k}" for g, keys in columns for k in keys]]
     for _, line in records:
         rows.append([name, line["ts"]] + [(line.get(g) or {}).get(k) for g, keys in columns for k in keys])
-    assert encode("csv", SeriesContext(EVENTS, name), items) == _csv_writer_bytes(rows)
-
-
-PROFILE_LINE_FIELDS = (
-    "objectId",
-    "identity",
-    "all_identities",
-    "name",
-    "email",
-    "phone",
-    "gender",
-    "dob",
-    "platform",
-    "createdAt",
-    "ts",
-)
+    assert encode("csv", SeriesContext(EVENTS, name), items) == csv_writer_bytes(rows)
 
 
 @SETTINGS
 @given(
-    st.lists(
-        st.dictionaries(st.sampled_from(PROFILE_LINE_FIELDS), VALUES, max_size=6), min_size=1, max_size=5
-    ),
+    st.lists(st.dictionaries(st.sampled_from(PROFILE_FIELDS), VALUES, max_size=6), min_size=1, max_size=5),
     st.lists(OBJECTS, min_size=5, max_size=5),
 )
 def test_csv_profile_rows_are_byte_for_byte_what_csv_writer_writes(fields, props):
     lines = []
     for record, obj in zip(fields, props, strict=False):
-        line = {f: record[f] for f in PROFILE_LINE_FIELDS if f in record}
+        line = {f: record[f] for f in PROFILE_FIELDS if f in record}
         if obj:
             line["profileProps"] = obj
         lines.append(line)
     items = [Item(0, None, orjson.dumps(line)) for line in lines]
     keys = sorted({k for line in lines for k in line.get("profileProps", {})})
-    rows = [list(PROFILE_LINE_FIELDS) + [f"profileProps.{k}" for k in keys]]
+    rows = [list(PROFILE_FIELDS) + [f"profileProps.{k}" for k in keys]]
     for line in lines:
         rows.append(
-            [line.get(f) for f in PROFILE_LINE_FIELDS] + [line.get("profileProps", {}).get(k) for k in keys]
+            [line.get(f) for f in PROFILE_FIELDS] + [line.get("profileProps", {}).get(k) for k in keys]
         )
-    assert encode("csv", SeriesContext(PROFILES, "profiles"), items) == _csv_writer_bytes(rows)
+    assert encode("csv", SeriesContext(PROFILES, "profiles"), items) == csv_writer_bytes(rows)
 
 
 @SETTINGS

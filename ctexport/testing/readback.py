@@ -12,6 +12,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Characters XML 1.0 does not allow in a document (its Char production), which the export replaces by U+FFFD.
 XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -59,6 +61,16 @@ def read_csv(data: bytes) -> tuple[list[str], list[dict[str, str]]]:
     for r in rows[1:]:
         assert len(r) == len(header), "every row has a cell per column"
     return header, [dict(zip(header, r, strict=True)) for r in rows[1:]]
+
+
+def csv_writer_bytes(rows: list[list]) -> bytes:
+    """What the csv module writes for rows of values, each value as SPEC section 4 says: text as it is, null
+    empty, anything else its compact JSON (numbers as orjson writes them, the data line's own writer)."""
+    out = io.StringIO()
+    writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    for row in rows:
+        writer.writerow([v if type(v) is str else "" if v is None else orjson.dumps(v).decode() for v in row])
+    return out.getvalue().encode()
 
 
 def text_matches(value: Any, text: str, guard: bool = False, xml: bool = False) -> bool:
