@@ -10,7 +10,7 @@ an empty cell. With the formula guard, a text cell starting with `=`, `+`, `-`, 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -57,18 +57,19 @@ class CsvEncoder:
             keys = {name: set() for name in objects}
             for item in items:
                 add_keys(keys.items(), orjson.loads(item.line))
-        # (object name, its keys in code-point order), in column order.
-        self._objects = [(name, sorted(keys[name])) for name in objects]
+        # (object name, its keys in code-point order, a row's worth of empty cells), in column order.
+        self._columns = []
+        for name in objects:
+            names = sorted(keys[name])
+            self._columns.append((name, names, [""] * len(names)))
         self._rows = _Rows()
         self._writer = csv.writer(self._rows, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
         columns = ["eventName", "ts"] if self._events else list(PROFILE_FIELDS)
-        for name, names in self._objects:
+        for name, names, _ in self._columns:
             columns.extend(f"{name}.{key}" for key in names)
         self._header = self._row([self._text(c) for c in columns])
         self._event_name = self._text(ctx.event_name)
-        # For `_joined`: each object's columns with a row of empty cells, and the event name as a quoted cell
-        # (a name may hold a comma) with the `"` and `,` it adds.
-        self._columns = [(name, names, [""] * len(names)) for name, names in self._objects]
+        # For `_joined`: the event name as a quoted cell (a name may hold a comma) with the `"` and `,` it adds.
         self._event_field = self._row([self._event_name])[:-2].decode() if self._events else ""
         self._name_quotes = self._event_field.count('"')
         self._name_commas = self._event_field.count(",")
@@ -92,15 +93,22 @@ class CsvEncoder:
             row = [self._event_name, cell(data.get("ts"))]
         else:
             row = [cell(data.get(field)) for field in PROFILE_FIELDS]
-        for name, names in self._objects:
+        if self._guard:
+            for name, names, blanks in self._columns:
+                obj = data.get(name)
+                row += [cell(obj.get(key)) for key in names] if obj else blanks
+            return row
+        return self._with_objects(row, data, value_text)
+
+    def _with_objects(self, row: list[str], data: dict, cell: Callable[[Any], str]) -> list[str]:
+        """`row` followed by the cells of the record's objects: text values as they are, others `cell(v)`."""
+        for name, names, blanks in self._columns:
             obj = data.get(name)
             if not obj:
-                row += [""] * len(names)
-            elif self._guard:
-                row += [cell(obj.get(key)) for key in names]
+                row += blanks
             else:
                 get = obj.get
-                row += [v if (v := get(key)).__class__ is str else value_text(v) for key in names]
+                row += [v if (v := get(key)).__class__ is str else cell(v) for key in names]
         return row
 
     def _joined(self, data: dict) -> bytes | None:
@@ -120,14 +128,7 @@ class CsvEncoder:
             row = [self._event_field, str(ts) if ts.__class__ is int else cell(ts)]
         else:
             row = [v if (v := data.get(field)).__class__ is str else cell(v) for field in PROFILE_FIELDS]
-        for name, names, blanks in self._columns:
-            obj = data.get(name)
-            if not obj:
-                row += blanks
-            else:
-                get = obj.get
-                row += [v if (v := get(key)).__class__ is str else cell(v) for key in names]
-        text = ",".join(row)
+        text = ",".join(self._with_objects(row, data, cell))
         if (
             text.count('"') != self._quotes
             or text.count(",") != len(row) - 1 + self._commas
