@@ -268,3 +268,20 @@ def test_balanced_shares_of_zipf_sized_series_differ_by_less_than_the_smallest()
     shares = balanced_shares(shards, 2)
     totals = sorted(sum(s.nbytes for s in share) for share in shares)
     assert totals[1] - totals[0] <= sizes[-1]
+
+
+def test_arrow_allocates_from_malloc_unless_the_environment_names_a_pool(monkeypatch):
+    import pyarrow as pa
+
+    before = pa.default_memory_pool()
+    try:
+        pa.set_memory_pool(pa.mimalloc_memory_pool())
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+        runs.use_system_allocator()
+        assert pa.default_memory_pool().backend_name == "mimalloc"
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
+        runs.use_system_allocator()
+        assert pa.default_memory_pool().backend_name == "system"
+        assert pa.array([1, 2, 3]).sum().as_py() == 6
+    finally:
+        pa.set_memory_pool(before)

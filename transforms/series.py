@@ -131,6 +131,7 @@ class _ParseTask(beam.DoFn):
         self._bad = beam.metrics.Metrics.counter(NAMESPACE, "bad_records")
 
     def setup(self):
+        runs.use_system_allocator()
         r = self._request
         self._local = LocalTime(r.timezone)
         self._minutes: dict[

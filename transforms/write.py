@@ -521,6 +521,9 @@ class _PlanShards(beam.DoFn):
         self._opts = opts
         self._shard_bytes = shard_bytes
 
+    def setup(self):
+        runs.use_system_allocator()
+
     def process(self, element):
         key, refs = element
         refs = sorted(refs, key=lambda r: r.task)
@@ -642,6 +645,7 @@ class _WriteSeries(beam.DoFn):
     def setup(self):
         r = self._request
         self._store = open_storage(r.output, tmp_group=naming.run_prefix(r.request_id, r.run_ts))
+        runs.use_system_allocator()
         runs.release_memory()  # what parsing left in this worker: the writer's peak comes on top
         self._pool = None if self._pool_folder is None else WorkPool(self._pool_folder)
         # Files being written go under a local spill folder, which the next attempt of a killed run removes.
