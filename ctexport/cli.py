@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nctexport: unknown command {argv[0]!r}", file=sys.stderr)
         sys.exit(2)
     module, function = COMMANDS[argv[0]]
-    sys.exit(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+    status = getattr(importlib.import_module(module), function)(argv[1:]) or 0
+    if argv[0] == "export":
+        from pipelines.export import exit_now
+
+        exit_now(status)  # without the interpreter's teardown of Beam (see there)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import NoReturn
 
 import apache_beam as beam
 import orjson
@@ -370,7 +371,19 @@ def _setup_logging() -> None:
 
 
 def main() -> None:
-    sys.exit(run_process())
+    exit_now(run_process())
+
+
+def exit_now(status: int) -> NoReturn:
+    """End a process whose export is over and reported without the interpreter's teardown: with Beam, gRPC and
+    pyarrow loaded that took ~0.4 s here after the summary was printed (a 1,000-event export reaches its
+    summary in ~2 s). Nothing is left for it to do: files and temporary folders are closed and removed by
+    context managers, and the logs and output streams are flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say to it
+            stream.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
