@@ -22,9 +22,10 @@ from __future__ import annotations
 import importlib
 import sys
 
-# command -> (module, function taking argv and returning the exit status). Modules load only when used.
+# command -> (module, function taking argv and returning the exit status, or ending the process itself as
+# an export does). Modules load only when used.
 COMMANDS = {
-    "export": ("pipelines.export", "run_process"),
+    "export": ("pipelines.export", "main"),
     "credentials": ("ctexport.credentials", "main"),
     "destinations": ("ctexport.requests_cli", "destinations_main"),
     "create": ("ctexport.requests_cli", "create_main"),
@@ -51,12 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nctexport: unknown command {argv[0]!r}", file=sys.stderr)
         sys.exit(2)
     module, function = COMMANDS[argv[0]]
-    status = getattr(importlib.import_module(module), function)(argv[1:]) or 0
-    if argv[0] == "export":
-        from pipelines.export import exit_now
-
-        exit_now(status)  # without the interpreter's teardown of Beam (see there)
-    sys.exit(status)
+    sys.exit(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

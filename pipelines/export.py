@@ -370,8 +370,9 @@ def _setup_logging() -> None:
         workers.propagate = False
 
 
-def main() -> None:
-    exit_now(run_process())
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The process entry (`python -m pipelines.export`, `ctexport export`): one export, then the process ends."""
+    exit_now(run_process(argv))
 
 
 def exit_now(status: int) -> NoReturn:
