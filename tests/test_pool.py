@@ -81,11 +81,11 @@ def test_only_multi_process_runs_with_a_local_spill_and_no_replays_get_a_pool(tm
     assert pool_folder(str(tmp_path), "read", 2, bundle_repeat=1) is None
 
 
-def _parse_task(data: Path, spill: Path, pool: str | None) -> tuple[_ParseTask, int]:
+def _parse_task(data: Path, spill: Path, pool: str | None, fmt: str = "json") -> tuple[_ParseTask, int]:
     argv = [
         "--source", f"{data}/events-*", "--output", str(data / "out"), "--request_id", "req_1",
         "--database_id", "W4R-565-5Z4Z", "--run_timestamp", "20261127120000",
-        "--start", "20261125", "--end", "20261127", "--format", "json",
+        "--start", "20261125", "--end", "20261127", "--format", fmt,
     ]  # fmt: skip
     request, files = validate(PipelineOptions(argv), now=END + 43200)
     tasks = plan_reads(files, request.source_format, range_bytes=40_000)
@@ -139,6 +139,68 @@ def test_parse_workers_with_a_pool_read_every_task_once(tmp_path):
     # A worker that comes when the other has read everything emits nothing.
     c, _ = _parse_task(data, tmp_path / "spill", pool)
     assert list(worker(c, range(n))) == []
+
+
+def _keys_per_series(outputs: list) -> tuple[dict, int]:
+    """The union of the CSV header keys the runs of each series carry, and how many keys they carry in all."""
+    union: dict = {}
+    sent = 0
+    for o in outputs:
+        if not isinstance(o, pvalue.TaggedOutput):
+            key, ref = o
+            assert ref.meta is not None
+            parts = union.setdefault(key, (set(), set(), set()))
+            for part, keys in zip(parts, ref.meta, strict=True):
+                part.update(keys)
+                sent += len(keys)
+    return union, sent
+
+
+def test_csv_runs_carry_each_header_key_once_per_bundle_and_the_union_is_whole(tmp_path):
+    """The writer takes a CSV series' header from the union of its runs' keys. A run carries only the keys
+    its bundle has not sent yet for the series, so the union is what every run carrying all its keys gives,
+    also with two workers over one pool (a bundle each), and a new bundle sends the keys again."""
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = list(generate.generate_events(1200, seed=11, start_ts=START, end_ts=END, bad=0))
+    generate.write_jsonl(data / "events-0.jsonl", lines)
+
+    alone, n = _parse_task(data, tmp_path / "spill-alone", None, "csv")
+    every: list = []
+    for i in range(n):
+        alone.start_bundle()  # a bundle per task: every run carries all the keys its task saw
+        every += alone.process(i)
+    expected, sent_alone = _keys_per_series(every)
+    assert n >= 6 and len(expected) > 10 and all(any(parts) for parts in expected.values())
+
+    pool = str(tmp_path / "spill" / "pool-read")
+    a, _ = _parse_task(data, tmp_path / "spill", pool, "csv")
+    b, _ = _parse_task(data, tmp_path / "spill", pool, "csv")
+    a.start_bundle()
+    b.start_bundle()
+    got_a, got_b = round_robin(
+        (o for i in range(0, n, 2) for o in a.process(i)), (o for i in range(1, n, 2) for o in b.process(i))
+    )
+    assert got_a and got_b, "both workers read tasks"
+    union, sent = _keys_per_series(got_a + got_b)
+    assert union == expected
+    assert sent < sent_alone / 2, "the runs after a series' first in a bundle carry few keys"
+
+    # Within one bundle the second run of a series carries none of the keys of the first; a new bundle
+    # starts over.
+    one, _ = _parse_task(data, tmp_path / "spill-one", None, "csv")
+    one.start_bundle()
+    first = dict(o for o in one.process(0) if not isinstance(o, pvalue.TaggedOutput))
+    second = dict(o for o in one.process(1) if not isinstance(o, pvalue.TaggedOutput))
+    shared = [key for key in first if key in second]
+    assert shared
+    for key in shared:
+        assert all(not (x & y) for x, y in zip(first[key].meta, second[key].meta, strict=True))
+    one.start_bundle()
+    again = dict(o for o in one.process(1) if not isinstance(o, pvalue.TaggedOutput))
+    alone.start_bundle()
+    whole = dict(o for o in alone.process(1) if not isinstance(o, pvalue.TaggedOutput))
+    assert {key: ref.meta for key, ref in again.items()} == {key: ref.meta for key, ref in whole.items()}
 
 
 def test_writers_with_a_pool_are_each_handed_every_shard_largest_first(tmp_path):
