@@ -241,7 +241,7 @@ class _ParseTask(beam.DoFn):
         Only the keys this bundle has not sent with an earlier run of the series: the writer takes the union
         over the series' runs, and a bundle's outputs are kept or dropped together, so the union is the same.
         Sent in every run, the same keys made a 5M-event two-process CSV export hold ~24,000 copies of them
-        (a run per read task and series), ~200 MB in the runner's process and as much in each worker's."""
+        (a run per read task and series): ~200 MB more in the runner's process, ~150 MB more in each worker."""
         r = self._request
         if not (r.export_type == "events" and r.format == "csv"):
             return None
