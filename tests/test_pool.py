@@ -156,6 +156,11 @@ def _keys_per_series(outputs: list) -> tuple[dict, int]:
     return union, sent
 
 
+def _runs(outputs) -> dict:
+    """The RunRef per series key of one read task's outputs."""
+    return dict(o for o in outputs if not isinstance(o, pvalue.TaggedOutput))
+
+
 def test_csv_runs_carry_each_header_key_once_per_bundle_and_the_union_is_whole(tmp_path):
     """The writer takes a CSV series' header from the union of its runs' keys. A run carries only the keys
     its bundle has not sent yet for the series, so the union is what every run carrying all its keys gives,
@@ -190,16 +195,16 @@ def test_csv_runs_carry_each_header_key_once_per_bundle_and_the_union_is_whole(t
     # starts over.
     one, _ = _parse_task(data, tmp_path / "spill-one", None, "csv")
     one.start_bundle()
-    first = dict(o for o in one.process(0) if not isinstance(o, pvalue.TaggedOutput))
-    second = dict(o for o in one.process(1) if not isinstance(o, pvalue.TaggedOutput))
+    first = _runs(one.process(0))
+    second = _runs(one.process(1))
     shared = [key for key in first if key in second]
     assert shared
     for key in shared:
         assert all(not (x & y) for x, y in zip(first[key].meta, second[key].meta, strict=True))
     one.start_bundle()
-    again = dict(o for o in one.process(1) if not isinstance(o, pvalue.TaggedOutput))
+    again = _runs(one.process(1))
     alone.start_bundle()
-    whole = dict(o for o in alone.process(1) if not isinstance(o, pvalue.TaggedOutput))
+    whole = _runs(alone.process(1))
     assert {key: ref.meta for key, ref in again.items()} == {key: ref.meta for key, ref in whole.items()}
 
 
